@@ -1,0 +1,140 @@
+"""One shape for every API error: `{"detail", "code", "errors": [{"field", "message"}]}`.
+
+Domain exceptions raised by services carry their status and code; the DRF exception
+handler maps them (and DRF's own exceptions) to that shape, and `ApiErrorMiddleware`
+does the same for anything that escapes a view under `/api/`, so no HTML error page is
+ever served there.
+"""
+
+import logging
+import uuid
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.views import exception_handler
+
+logger = logging.getLogger("aimos.errors")
+
+
+class ServiceError(Exception):
+    """A use case refused: the message is shown to the client as `detail`."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    code = "invalid"
+
+    def __init__(self, detail: str, *, code: str | None = None, errors: list | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        if code:
+            self.code = code
+        self.errors = errors or []
+
+
+class Conflict(ServiceError):
+    status_code = status.HTTP_409_CONFLICT
+    code = "conflict"
+
+
+class NotFound(ServiceError):
+    status_code = status.HTTP_404_NOT_FOUND
+    code = "not_found"
+
+
+def _field_errors(data, prefix: str = "") -> list[dict]:
+    """Flatten DRF's nested validation errors into `[{"field", "message"}]`."""
+    errors = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            field = key if key != "non_field_errors" else ""
+            name = f"{prefix}.{field}" if prefix and field else (field or prefix)
+            errors.extend(_field_errors(value, name))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            if isinstance(value, (dict, list)):
+                errors.extend(_field_errors(value, f"{prefix}[{index}]" if prefix else str(index)))
+            else:
+                errors.extend(_field_errors(value, prefix))
+    else:
+        errors.append({"field": prefix or None, "message": str(data)})
+    return errors
+
+
+def error_body(detail: str, code: str, errors: list | None = None, **extra) -> dict:
+    return {"detail": detail, "code": code, "errors": errors or [], **extra}
+
+
+def api_exception_handler(exc, context):
+    if isinstance(exc, ServiceError):
+        return _response(error_body(exc.detail, exc.code, exc.errors), exc.status_code)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        errors = _field_errors(exc.detail)
+        detail = "Invalid request data"
+        if len(errors) == 1 and not errors[0]["field"]:
+            detail = errors[0]["message"]
+        response.data = error_body(detail, "validation_error", errors)
+    else:
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        codes = exc.get_codes()
+        code = codes if isinstance(codes, str) else exc.default_code
+        extra = {}
+        if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
+            extra["retry_after"] = int(exc.wait) + 1
+        response.data = error_body(str(detail), code, **extra)
+    return response
+
+
+def _response(body: dict, status_code: int):
+    from rest_framework.response import Response
+
+    return Response(body, status=status_code)
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith("/api/") or path == "/api"
+
+
+def api_not_found(request, *args, **kwargs):
+    """Unknown route under /api/: JSON 404 whatever DEBUG says."""
+    return JsonResponse(error_body("Not found.", "not_found"), status=404)
+
+
+def page_not_found(request, exception=None):
+    if is_api_path(request.path):
+        return api_not_found(request)
+    from django.views.defaults import page_not_found as html_not_found
+
+    return html_not_found(request, exception)
+
+
+def server_error(request):
+    if is_api_path(request.path):
+        return JsonResponse(error_body("Internal server error", "server_error"), status=500)
+    from django.views.defaults import server_error as html_server_error
+
+    return html_server_error(request)
+
+
+class ApiErrorMiddleware:
+    """An exception escaping an API view becomes a JSON 500 with an id to find it in the logs."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        if not is_api_path(request.path):
+            return None
+        error_id = str(uuid.uuid4())
+        logger.exception("Unhandled error %s on %s %s", error_id, request.method, request.path)
+        body = error_body("Internal server error", "server_error", error_id=error_id)
+        return JsonResponse(body, status=500)

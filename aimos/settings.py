@@ -1,0 +1,285 @@
+"""AIMOS settings, configured from the environment (and `.env` when present).
+
+Every variable is documented in `.env.example` and the README. A bad value stops the
+server at start with a message naming the variable (see `aimos.config`).
+"""
+
+import secrets
+from datetime import timedelta
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+from dotenv import load_dotenv
+
+from aimos import __version__
+from aimos import config as env
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+load_dotenv(BASE_DIR / ".env", override=False)
+
+VAR_DIR = Path(env.string("AIMOS_VAR_DIR", str(BASE_DIR / "var"))).resolve()
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+AIMOS_VERSION = __version__
+AIMOS_ENVIRONMENT = env.string("AIMOS_ENVIRONMENT", "development")
+
+DEBUG = env.boolean("DEBUG", False)
+
+
+def _local_secret_key() -> str:
+    """A key generated once into var/ so local runs keep their sessions across restarts."""
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = env.string("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY is required when DEBUG is off")
+    SECRET_KEY = _local_secret_key()
+
+ALLOWED_HOSTS = env.csv("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+CSRF_TRUSTED_ORIGINS = env.csv("CSRF_TRUSTED_ORIGINS")
+CORS_ALLOWED_ORIGINS = env.csv("CORS_ORIGINS")
+CORS_EXPOSE_HEADERS = [
+    "X-Total-Count",
+    "Link",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "Retry-After",
+    "X-Request-ID",
+]
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "corsheaders",
+    "rest_framework",
+    "rest_framework_simplejwt.token_blacklist",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_rq",
+    "channels",
+    "accounts",
+    "agents",
+    "executions",
+    "sandbox",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "aimos.errors.ApiErrorMiddleware",
+]
+
+ROOT_URLCONF = "aimos.urls"
+WSGI_APPLICATION = "aimos.wsgi.application"
+ASGI_APPLICATION = "aimos.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+
+try:
+    DATABASES = {
+        "default": dj_database_url.parse(
+            env.string("DATABASE_URL", f"sqlite:///{VAR_DIR / 'aimos.sqlite3'}"),
+            conn_max_age=env.integer("DATABASE_CONN_MAX_AGE", 0, minimum=0),
+        )
+    }
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web and workers write concurrently: wait for the lock instead of failing at once.
+    DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_USER_MODEL = "accounts.User"
+
+# --- Redis: queues, channel layer, cache ---------------------------------------------------
+
+EMBEDDED_REDIS_SOCKET = VAR_DIR / "redis.sock"
+EMBEDDED_REDIS = not env.string("REDIS_URL")
+REDIS_URL = env.string("REDIS_URL") or f"unix://{EMBEDDED_REDIS_SOCKET}"
+if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+    raise ImproperlyConfigured(f"REDIS_URL must start with redis://, rediss:// or unix://, got {REDIS_URL!r}")
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "aimos",
+    }
+}
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL]},
+    }
+}
+
+RQ_QUEUES = {
+    name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": env.integer("AIMOS_JOB_TIMEOUT", 3600, minimum=1)}
+    for name in ("builds", "runs", "default")
+}
+AIMOS_WORKERS = env.integer("AIMOS_WORKERS", 4, minimum=1)
+
+# --- Authentication --------------------------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+ACCESS_TOKEN_EXPIRE_MINUTES = env.integer("ACCESS_TOKEN_EXPIRE_MINUTES", 30, minimum=1)
+REFRESH_TOKEN_EXPIRE_DAYS = env.integer("REFRESH_TOKEN_EXPIRE_DAYS", 7, minimum=1)
+
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=ACCESS_TOKEN_EXPIRE_MINUTES),
+    "REFRESH_TOKEN_LIFETIME": timedelta(days=REFRESH_TOKEN_EXPIRE_DAYS),
+    "ROTATE_REFRESH_TOKENS": True,
+    "BLACKLIST_AFTER_ROTATION": True,
+    "UPDATE_LAST_LOGIN": True,
+    "ALGORITHM": "HS256",
+    "SIGNING_KEY": SECRET_KEY,
+    "AUTH_HEADER_TYPES": ("Bearer",),
+    "USER_ID_FIELD": "id",
+    "USER_ID_CLAIM": "user_id",
+}
+
+# --- REST API ----------------------------------------------------------------------------
+
+THROTTLE_RATES = {
+    "user": env.rate("THROTTLE_USER_RATE", "100/min"),
+    "admin": env.rate("THROTTLE_ADMIN_RATE", "200/min"),
+    "anon": env.rate("THROTTLE_ANON_RATE", "60/min"),
+    "auth": env.rate("THROTTLE_AUTH_RATE", "20/min"),
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.ApiKeyAuthentication",
+        "accounts.authentication.BearerTokenAuthentication",
+        "accounts.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "accounts.throttles.UserRateThrottle",
+        "accounts.throttles.AnonRateThrottle",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "aimos.pagination.LimitSkipPagination",
+    "PAGE_SIZE": 100,
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "aimos.errors.api_exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "AIMOS API",
+    "DESCRIPTION": "Deploy, version, run and watch AI agents.",
+    "VERSION": __version__,
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "PREPROCESSING_HOOKS": ["aimos.schema.only_canonical_paths"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- Internationalisation, static files -------------------------------------------------------
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+MEDIA_ROOT = VAR_DIR / "media"
+
+LOGIN_URL = "/admin/login/"
+
+# --- Security (production-like unless DEBUG) ---------------------------------------------------
+
+SESSION_COOKIE_SECURE = env.boolean("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env.boolean("CSRF_COOKIE_SECURE", not DEBUG)
+SECURE_SSL_REDIRECT = env.boolean("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env.integer("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.boolean("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env.boolean("SECURE_HSTS_PRELOAD", False)
+if env.boolean("SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.string("LOG_LEVEL", "INFO").upper()},
+    "loggers": {"django.request": {"level": "ERROR"}},
+}
+
+# --- Sandbox -----------------------------------------------------------------------------------
+
+AIMOS_SANDBOX = env.choice("AIMOS_SANDBOX", "process", ("process", "docker"))
+AIMOS_SANDBOX_ROOT = Path(env.string("AIMOS_SANDBOX_ROOT", str(VAR_DIR / "sandbox"))).resolve()
+AIMOS_SANDBOX_ALLOW_UNISOLATED = env.boolean("AIMOS_SANDBOX_ALLOW_UNISOLATED", False)
+AIMOS_SANDBOX_ALLOW_NETWORK = env.boolean("AIMOS_SANDBOX_ALLOW_NETWORK", False)
+AIMOS_DOCKER_BASE_IMAGE = env.string("AIMOS_DOCKER_BASE_IMAGE", "aimos-python:3.11")
+AIMOS_MAX_OUTPUT_BYTES = env.integer("AIMOS_MAX_OUTPUT_BYTES", 10 * 1024 * 1024, minimum=1024)
+AIMOS_MAX_TIMEOUT_SECONDS = env.integer("AIMOS_MAX_TIMEOUT_SECONDS", 3600, minimum=1)
+AIMOS_MAX_MEMORY_MB = env.integer("AIMOS_MAX_MEMORY_MB", 2048, minimum=16)
+AIMOS_MAX_CPUS = env.number("AIMOS_MAX_CPUS", 2.0, minimum=0.01)
+AIMOS_MAX_PIDS = env.integer("AIMOS_MAX_PIDS", 256, minimum=8)
+AIMOS_MAX_FILE_MB = env.integer("AIMOS_MAX_FILE_MB", 64, minimum=1)
+AIMOS_MAX_OPEN_FILES = env.integer("AIMOS_MAX_OPEN_FILES", 256, minimum=16)
+AIMOS_SANDBOX_TMP_MB = env.integer("AIMOS_SANDBOX_TMP_MB", 64, minimum=1)

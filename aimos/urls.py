@@ -1,0 +1,19 @@
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from aimos import errors, health
+
+urlpatterns = [
+    path("health", health.health, name="health"),
+    path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("api/v1/", include(("aimos.api_urls", "api"), namespace="v1")),
+    path("", include("aimos.compat")),
+    re_path(r"^api(/.*)?$", errors.api_not_found),
+]
+
+handler404 = "aimos.errors.page_not_found"
+handler500 = "aimos.errors.server_error"
