@@ -1,0 +1,43 @@
+# AIMOS: `make run` serves it, `make test` tests it. Both set up everything they need.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test install install-dev system lint format examples bench clean
+
+$(VENV)/.installed: requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	@$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+## Serve on http://127.0.0.1:8000 with workers (embedded SQLite and Redis unless configured).
+run: install
+	@DEBUG=$${DEBUG:-1} $(PY) -m aimos.launcher
+
+## System packages, the Docker engine and the sandbox base image (idempotent).
+system:
+	@scripts/setup-system
+
+## Everything the tests need, then the whole suite.
+test: install-dev system
+	@scripts/test
+
+lint: install-dev
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+
+format: install-dev
+	@$(VENV)/bin/ruff format .
+	@$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf var/ .pytest_cache
