@@ -1,4 +1,4 @@
-"""The REST API, served at /api/v1/ (canonical) and /api/ (compatibility, hidden from the schema)."""
+"""The REST API, served at /api/v1/ (canonical) and /api/ (compatibility, not in the schema)."""
 
 from django.urls import include, path
 

@@ -83,5 +83,7 @@ def rate(name: str, default: str) -> str:
     value = string(name, default).strip()
     count, _, period = value.partition("/")
     if not count.isdigit() or not period or period[0] not in "smhd":
-        raise ImproperlyConfigured(f"{name} must look like 100/min (per s, min, hour or day), got {value!r}")
+        raise ImproperlyConfigured(
+            f"{name} must look like 100/min (per s, min, hour or day), got {value!r}"
+        )
     return value

@@ -11,8 +11,7 @@ import uuid
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, JsonResponse
-from rest_framework import exceptions, status
-from rest_framework.views import exception_handler
+from rest_framework import exceptions, serializers, status
 
 logger = logging.getLogger("aimos.errors")
 
@@ -41,6 +40,30 @@ class NotFound(ServiceError):
     code = "not_found"
 
 
+class Unauthenticated(ServiceError):
+    """Credentials were presented and are wrong (bad password, invalid token): a 401."""
+
+    status_code = status.HTTP_401_UNAUTHORIZED
+    code = "authentication_failed"
+
+
+# HTTP requires a challenge on every 401; clients of the API authenticate with Bearer tokens.
+WWW_AUTHENTICATE = 'Bearer realm="api"'
+
+
+class FieldErrorSerializer(serializers.Serializer):
+    field = serializers.CharField(allow_null=True)
+    message = serializers.CharField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The body of every error response, for the OpenAPI schema."""
+
+    detail = serializers.CharField()
+    code = serializers.CharField()
+    errors = FieldErrorSerializer(many=True)
+
+
 def _field_errors(data, prefix: str = "") -> list[dict]:
     """Flatten DRF's nested validation errors into `[{"field", "message"}]`."""
     errors = []
@@ -65,8 +88,15 @@ def error_body(detail: str, code: str, errors: list | None = None, **extra) -> d
 
 
 def api_exception_handler(exc, context):
+    # Imported here: authentication classes import this module while rest_framework.views
+    # is still loading its settings.
+    from rest_framework.views import exception_handler
+
     if isinstance(exc, ServiceError):
-        return _response(error_body(exc.detail, exc.code, exc.errors), exc.status_code)
+        response = _response(error_body(exc.detail, exc.code, exc.errors), exc.status_code)
+        if exc.status_code == status.HTTP_401_UNAUTHORIZED:
+            response["WWW-Authenticate"] = WWW_AUTHENTICATE
+        return response
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
@@ -86,7 +116,8 @@ def api_exception_handler(exc, context):
         code = codes if isinstance(codes, str) else exc.default_code
         extra = {}
         if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
-            extra["retry_after"] = int(exc.wait) + 1
+            # Throttled.wait is already rounded up: the body says what Retry-After says.
+            extra["retry_after"] = int(exc.wait)
         response.data = error_body(str(detail), code, **extra)
     return response
 

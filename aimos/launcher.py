@@ -32,11 +32,19 @@ def main() -> int:
     commands = {
         "web": [PYTHON, "-m", "daphne", "-b", host, "-p", port, "aimos.asgi:application"],
         "workers": [
-            PYTHON, "manage.py", "rqworker-pool", "builds", "runs", "default",
-            "--num-workers", workers,
+            PYTHON,
+            "manage.py",
+            "rqworker-pool",
+            "builds",
+            "runs",
+            "default",
+            "--num-workers",
+            workers,
         ],
     }
-    children = {name: subprocess.Popen(cmd, start_new_session=True) for name, cmd in commands.items()}
+    children = {
+        name: subprocess.Popen(cmd, start_new_session=True) for name, cmd in commands.items()
+    }
     print(f"AIMOS on http://{host}:{port}/  (API docs /api/docs/, admin /admin/); Ctrl-C stops it.")
 
     stopping = False

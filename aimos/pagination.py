@@ -41,7 +41,8 @@ class LimitSkipPagination(BasePagination):
         url = replace_query_param(url, "limit", self.limit)
         links = []
         if self.offset + self.limit < self.count:
-            links.append(f'<{replace_query_param(url, "offset", self.offset + self.limit)}>; rel="next"')
+            following = replace_query_param(url, "offset", self.offset + self.limit)
+            links.append(f'<{following}>; rel="next"')
         if self.offset > 0:
             previous = max(0, self.offset - self.limit)
             links.append(f'<{replace_query_param(url, "offset", previous)}>; rel="prev"')

@@ -88,6 +88,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "aimos.errors.ApiErrorMiddleware",
+    "accounts.throttles.RateLimitHeadersMiddleware",
 ]
 
 ROOT_URLCONF = "aimos.urls"
@@ -133,7 +134,9 @@ EMBEDDED_REDIS_SOCKET = VAR_DIR / "redis.sock"
 EMBEDDED_REDIS = not env.string("REDIS_URL")
 REDIS_URL = env.string("REDIS_URL") or f"unix://{EMBEDDED_REDIS_SOCKET}"
 if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
-    raise ImproperlyConfigured(f"REDIS_URL must start with redis://, rediss:// or unix://, got {REDIS_URL!r}")
+    raise ImproperlyConfigured(
+        f"REDIS_URL must start with redis://, rediss:// or unix://, got {REDIS_URL!r}"
+    )
 
 CACHES = {
     "default": {
@@ -212,6 +215,9 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "aimos.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # Proxies in front of AIMOS whose X-Forwarded-For is trusted for per-IP throttles. With
+    # DRF's default (None) a client could send its own X-Forwarded-For to dodge them.
+    "NUM_PROXIES": env.integer("NUM_PROXIES", 0, minimum=0),
 }
 
 SPECTACULAR_SETTINGS = {
@@ -236,6 +242,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -283,3 +290,25 @@ AIMOS_MAX_PIDS = env.integer("AIMOS_MAX_PIDS", 256, minimum=8)
 AIMOS_MAX_FILE_MB = env.integer("AIMOS_MAX_FILE_MB", 64, minimum=1)
 AIMOS_MAX_OPEN_FILES = env.integer("AIMOS_MAX_OPEN_FILES", 256, minimum=16)
 AIMOS_SANDBOX_TMP_MB = env.integer("AIMOS_SANDBOX_TMP_MB", 64, minimum=1)
+# Docker backend. The base image is built offline by `manage.py build_base_image` (debootstrap
+# from the Debian mirror, no registry); with a registry, `python:3.11-slim` works as well.
+AIMOS_DOCKER_AGENT_IMAGE = env.string("AIMOS_DOCKER_AGENT_IMAGE", "aimos-agent")
+AIMOS_DOCKER_DEBIAN_MIRROR = env.string(
+    "AIMOS_DOCKER_DEBIAN_MIRROR", "http://deb.debian.org/debian"
+)
+# Network of the container that pip-installs requirements during `prepare` ("" = Docker's
+# default bridge; "host" when this host's bridge networking is unavailable). Runs never use it.
+AIMOS_DOCKER_BUILD_NETWORK = env.string("AIMOS_DOCKER_BUILD_NETWORK", "")
+
+# --- Agents: uploads and builds -------------------------------------------------------------------
+
+AIMOS_UPLOAD_MAX_BYTES = env.integer("AIMOS_UPLOAD_MAX_BYTES", 100 * 1024 * 1024, minimum=1024)
+AIMOS_ARCHIVE_MAX_UNPACKED_BYTES = env.integer(
+    "AIMOS_ARCHIVE_MAX_UNPACKED_BYTES", 512 * 1024 * 1024, minimum=1024
+)
+AIMOS_ARCHIVE_MAX_MEMBERS = env.integer("AIMOS_ARCHIVE_MAX_MEMBERS", 10_000, minimum=1)
+AIMOS_ARCHIVE_MAX_DEPTH = env.integer("AIMOS_ARCHIVE_MAX_DEPTH", 32, minimum=1)
+AIMOS_ARTIFACT_ROOT = Path(env.string("AIMOS_ARTIFACT_ROOT", str(VAR_DIR / "artifacts"))).resolve()
+# Django refuses bodies over this before a view reads them; uploads stream to disk past 2.5 MB.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
