@@ -16,7 +16,10 @@ def _fresh_cache(settings):
 
 def _make_user(django_user_model, username: str, **extra):
     return django_user_model.objects.create_user(
-        username=username, email=f"{username}@example.com", password="correct-horse-battery", **extra
+        username=username,
+        email=f"{username}@example.com",
+        password="correct-horse-battery",
+        **extra,
     )
 
 
@@ -59,3 +62,25 @@ def admin_api(admin):
     client = APIClient()
     client.force_authenticate(admin)
     return client
+
+
+@pytest.fixture
+def rq_queues():
+    """The real RQ queues, emptied of what earlier tests left."""
+    import django_rq
+
+    queues = [django_rq.get_queue(name) for name in ("builds", "runs", "default")]
+    for queue in queues:
+        queue.empty()
+    return queues
+
+
+@pytest.fixture
+def drain_queues(rq_queues):
+    """Runs a real RQ worker in burst mode, in this process, until the queues are empty."""
+    from rq import SimpleWorker
+
+    def drain() -> None:
+        SimpleWorker(rq_queues, connection=rq_queues[0].connection).work(burst=True)
+
+    return drain

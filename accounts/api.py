@@ -18,7 +18,7 @@ from rest_framework_simplejwt.tokens import AccessToken
 from accounts import services
 from accounts.models import ApiKey, User
 from accounts.throttles import AnonRateThrottle, AuthRateThrottle
-from aimos.errors import ErrorSerializer
+from aimos.errors import error_responses as errors
 
 # --- Serializers ----------------------------------------------------------------------------
 
@@ -95,10 +95,6 @@ class NewApiKeySerializer(ApiKeySerializer):
 
     class Meta(ApiKeySerializer.Meta):
         fields = [*ApiKeySerializer.Meta.fields, "key"]
-
-
-def errors(*codes: int) -> dict:
-    return {code: OpenApiResponse(ErrorSerializer) for code in codes}
 
 
 # --- Views ----------------------------------------------------------------------------------

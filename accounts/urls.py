@@ -1,24 +1,7 @@
 """Accounts routes, included by `aimos.api_urls` (so served under /api/v1/ and /api/)."""
 
-from django.urls import re_path
-from rest_framework.routers import SimpleRouter
-
 from accounts import api
-
-# Paths are canonical without a trailing slash (as the reference clients call them) and
-# accept one. Written `(?:/)?` rather than `/?` so the OpenAPI paths come out without it.
-OPTIONAL_SLASH = "(?:/)?"
-
-
-class OptionalSlashRouter(SimpleRouter):
-    def __init__(self):
-        super().__init__()
-        self.trailing_slash = OPTIONAL_SLASH
-
-
-def route(path: str, view, name: str):
-    return re_path(rf"^{path}{OPTIONAL_SLASH}$", view, name=name)
-
+from aimos.routers import OptionalSlashRouter, route
 
 router = OptionalSlashRouter()
 router.register("api-keys", api.ApiKeyViewSet, basename="api-key")

@@ -169,3 +169,10 @@ class ApiErrorMiddleware:
         logger.exception("Unhandled error %s on %s %s", error_id, request.method, request.path)
         body = error_body("Internal server error", "server_error", error_id=error_id)
         return JsonResponse(body, status=500)
+
+
+def error_responses(*codes: int) -> dict:
+    """OpenAPI responses for the error statuses an endpoint can answer with."""
+    from drf_spectacular.utils import OpenApiResponse
+
+    return {code: OpenApiResponse(ErrorSerializer) for code in codes}

@@ -13,10 +13,6 @@ from aimos import embedded_redis
 PYTHON = sys.executable
 
 
-def manage(*args: str) -> None:
-    subprocess.run([PYTHON, "manage.py", *args], check=True)
-
-
 def main() -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aimos.settings")
     own_redis = not os.environ.get("REDIS_URL") and not embedded_redis.is_running()
@@ -24,8 +20,15 @@ def main() -> int:
         embedded_redis.start()
     if not os.environ.get("REDIS_URL"):
         print(f"Redis: embedded, unix://{embedded_redis.socket_path()}")
-    manage("migrate", "--noinput", "-v", "0")
-    manage("ensure_admin")
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", interactive=False, verbosity=0)
+    call_command("ensure_admin")
+    from aimos.jobs import schedule_maintenance
+
+    schedule_maintenance()
     host = os.environ.get("AIMOS_HOST", "127.0.0.1")
     port = os.environ.get("AIMOS_PORT", "8000")
     workers = os.environ.get("AIMOS_WORKERS", "4")

@@ -124,6 +124,8 @@ except ValueError as exc:
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web and workers write concurrently: wait for the lock instead of failing at once.
     DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
+    # A file, not memory, so that workers started by the tests share the test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
@@ -312,3 +314,7 @@ AIMOS_ARTIFACT_ROOT = Path(env.string("AIMOS_ARTIFACT_ROOT", str(VAR_DIR / "arti
 # Django refuses bodies over this before a view reads them; uploads stream to disk past 2.5 MB.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+# Longest a build (requirements install and entrypoint check) may take before it is failed.
+AIMOS_BUILD_TIMEOUT = env.integer("AIMOS_BUILD_TIMEOUT", 900, minimum=10)
+# Seconds between two upkeep passes (stale builds, lost runs).
+AIMOS_MAINTENANCE_INTERVAL = env.integer("AIMOS_MAINTENANCE_INTERVAL", 30, minimum=1)

@@ -1,0 +1,85 @@
+from django.contrib import admin, messages
+
+from agents import services
+from agents.models import Agent, AgentLog, AgentVersion
+from aimos.errors import ServiceError
+
+
+class VersionInline(admin.TabularInline):
+    model = AgentVersion
+    fields = ["number", "status", "entrypoint", "artifact_size", "created_at", "build_finished_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    ordering = ["-number"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Agent)
+class AgentAdmin(admin.ModelAdmin):
+    list_display = ["name", "owner", "status", "current_version", "created_at", "updated_at"]
+    list_filter = ["status", "owner"]
+    search_fields = ["name", "description", "role", "owner__username", "owner__email"]
+    date_hierarchy = "created_at"
+    readonly_fields = ["id", "status", "current_version", "created_at", "updated_at"]
+    fields = ["id", "owner", "name", "description", "role", "tags", "status", "current_version"]
+    list_select_related = ["owner", "current_version"]
+    inlines = [VersionInline]
+    actions = ["archive_agents"]
+
+    @admin.action(description="Archive the selected agents")
+    def archive_agents(self, request, queryset):
+        for agent in queryset:
+            services.update_agent(agent, status="archived")
+        self.message_user(request, f"Archived {queryset.count()} agent(s).", messages.SUCCESS)
+
+
+@admin.register(AgentVersion)
+class AgentVersionAdmin(admin.ModelAdmin):
+    list_display = [
+        "__str__",
+        "status",
+        "entrypoint",
+        "artifact_size",
+        "created_at",
+        "build_finished_at",
+    ]
+    list_filter = ["status", "sandbox_backend"]
+    search_fields = ["agent__name", "entrypoint", "artifact_sha256"]
+    date_hierarchy = "created_at"
+    list_select_related = ["agent"]
+    actions = ["rebuild_versions"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in AgentVersion._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Rebuild the selected versions")
+    def rebuild_versions(self, request, queryset):
+        for version in queryset.select_related("agent"):
+            try:
+                services.rebuild_version(version)
+            except ServiceError as exc:
+                self.message_user(request, f"{version}: {exc.detail}", messages.WARNING)
+            else:
+                self.message_user(request, f"{version}: rebuild queued.", messages.SUCCESS)
+
+
+@admin.register(AgentLog)
+class AgentLogAdmin(admin.ModelAdmin):
+    list_display = ["timestamp", "agent", "level", "source", "message"]
+    list_filter = ["level", "source"]
+    search_fields = ["agent__name", "message"]
+    date_hierarchy = "timestamp"
+    list_select_related = ["agent"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in AgentLog._meta.fields]
+
+    def has_add_permission(self, request):
+        return False

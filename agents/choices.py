@@ -1,0 +1,32 @@
+from django.db import models
+
+
+class AgentStatus(models.TextChoices):
+    DRAFT = "draft"
+    BUILDING = "building"
+    READY = "ready"
+    FAILED = "failed"
+    ARCHIVED = "archived"
+
+
+class VersionStatus(models.TextChoices):
+    QUEUED = "queued"
+    BUILDING = "building"
+    READY = "ready"
+    FAILED = "failed"
+
+    @classmethod
+    def active(cls) -> tuple[str, ...]:
+        return (cls.QUEUED, cls.BUILDING)
+
+
+class LogLevel(models.TextChoices):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+class LogSource(models.TextChoices):
+    BUILD = "build"
+    RUNTIME = "runtime"

@@ -1,0 +1,5 @@
+"""Returns its input unchanged."""
+
+
+def handle(payload):
+    return payload
