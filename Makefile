@@ -31,6 +31,10 @@ system:
 test: install-dev system
 	@scripts/test
 
+## Pack each example agent into dist/examples/<name>.tar.gz.
+examples: install
+	@DEBUG=$${DEBUG:-1} $(PY) manage.py pack_agent examples/*/
+
 lint: install-dev
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .

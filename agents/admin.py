@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin, messages
 
 from agents import services
@@ -37,6 +38,33 @@ class AgentAdmin(admin.ModelAdmin):
         self.message_user(request, f"Archived {queryset.count()} agent(s).", messages.SUCCESS)
 
 
+class VersionUploadForm(forms.ModelForm):
+    """Adding a version in the admin is uploading its archive, through the same service as
+    the API: the archive is checked and the version queued to build."""
+
+    file = forms.FileField(help_text="The agent package: a .tar.gz with aimos.yaml.")
+
+    class Meta:
+        model = AgentVersion
+        fields = ["agent"]
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        try:
+            self.created = services.create_version(cleaned["agent"], cleaned["file"])
+        except ServiceError as exc:
+            raise forms.ValidationError(exc.detail) from None
+        return cleaned
+
+    def save(self, commit=True):
+        return self.created
+
+    def save_m2m(self):
+        pass
+
+
 @admin.register(AgentVersion)
 class AgentVersionAdmin(admin.ModelAdmin):
     list_display = [
@@ -53,11 +81,23 @@ class AgentVersionAdmin(admin.ModelAdmin):
     list_select_related = ["agent"]
     actions = ["rebuild_versions"]
 
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = VersionUploadForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ["agent", "file"]
+        return super().get_fields(request, obj)
+
     def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return []
         return [field.name for field in AgentVersion._meta.fields]
 
-    def has_add_permission(self, request):
-        return False
+    def save_model(self, request, obj, form, change):
+        pass  # created by VersionUploadForm through the service
 
     @admin.action(description="Rebuild the selected versions")
     def rebuild_versions(self, request, queryset):
