@@ -16,8 +16,9 @@ JOB_ID = "aimos-maintenance"
 
 def maintenance() -> dict:
     from agents.services import fail_stale_builds
+    from executions.services import sweep_lost_runs
 
-    done = {"stale_builds": fail_stale_builds()}
+    done = {"stale_builds": fail_stale_builds(), **sweep_lost_runs()}
     schedule_maintenance()
     return done
 

@@ -318,3 +318,14 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 AIMOS_BUILD_TIMEOUT = env.integer("AIMOS_BUILD_TIMEOUT", 900, minimum=10)
 # Seconds between two upkeep passes (stale builds, lost runs).
 AIMOS_MAINTENANCE_INTERVAL = env.integer("AIMOS_MAINTENANCE_INTERVAL", 30, minimum=1)
+
+# --- Executions -----------------------------------------------------------------------------------
+
+# A worker renews its lease on a run every few seconds; a run whose lease expired lost its worker.
+AIMOS_RUN_LEASE_SECONDS = env.integer("AIMOS_RUN_LEASE_SECONDS", 15, minimum=3)
+# A run paused longer than this ends timed_out.
+AIMOS_MAX_PAUSE_SECONDS = env.integer("AIMOS_MAX_PAUSE_SECONDS", 3600, minimum=1)
+# Longest `wait` an execute request may ask for, in seconds.
+AIMOS_MAX_WAIT_SECONDS = env.integer("AIMOS_MAX_WAIT_SECONDS", 300, minimum=0)
+# Seconds between two SSE heartbeat comments while a stream is idle.
+AIMOS_SSE_HEARTBEAT_SECONDS = env.number("AIMOS_SSE_HEARTBEAT_SECONDS", 15.0, minimum=0.1)

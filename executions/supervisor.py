@@ -1,0 +1,237 @@
+"""The worker's side of a run: claim it, start the sandbox, record every event, apply the
+user's controls, hold the lease, and record how it ended.
+
+Threads: the job's thread reads the sandbox's events; a control thread waits for control
+messages on Redis (pause, resume, cancel), renews the lease, flushes buffered deltas and
+enforces the longest pause. Every process of the run is gone before a terminal status is
+written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+from django.conf import settings
+
+from agents.services import environment_of
+from executions import services
+from executions.choices import Control, ErrorType, ExecutionStatus
+from executions.models import Execution
+
+logger = logging.getLogger(__name__)
+
+DELTA = "content_delta"
+FLUSH_SECONDS = 0.05
+FLUSH_SIZE = 64
+
+OUTCOME_STATUS = {
+    "completed": ExecutionStatus.COMPLETED,
+    "failed": ExecutionStatus.FAILED,
+    "timed_out": ExecutionStatus.TIMED_OUT,
+    "cancelled": ExecutionStatus.CANCELLED,
+}
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class EventBuffer:
+    """Events on their way to the database: deltas are written in batches (one write per
+    batch), anything else at once, in order."""
+
+    def __init__(self, execution_id) -> None:
+        self.execution_id = execution_id
+        self.pending: list[tuple[str, dict]] = []
+        self.lock = threading.Lock()
+        self.first_pending_at = 0.0
+        self.count = 0
+
+    def add(self, kind: str, data: dict) -> None:
+        with self.lock:
+            if not self.pending:
+                self.first_pending_at = time.monotonic()
+            self.pending.append((kind, data))
+            due = (
+                kind != DELTA
+                or len(self.pending) >= FLUSH_SIZE
+                or time.monotonic() - self.first_pending_at >= FLUSH_SECONDS
+            )
+            if due:
+                self._write()
+
+    def flush(self) -> None:
+        with self.lock:
+            self._write()
+
+    def flush_if_due(self) -> None:
+        with self.lock:
+            if self.pending and time.monotonic() - self.first_pending_at >= FLUSH_SECONDS:
+                self._write()
+
+    def _write(self) -> None:
+        if self.pending:
+            items, self.pending = self.pending, []
+            services.record_events(self.execution_id, items)
+            self.count += len(items)
+
+
+class Supervisor:
+    def __init__(self, execution_id) -> None:
+        self.execution_id = execution_id
+        self.buffer = EventBuffer(execution_id)
+        self.run = None
+        self.stop = threading.Event()
+        self.cancelled = False
+        self.paused_too_long = False
+        self.paused_since: float | None = None
+
+    # --- the job -----------------------------------------------------------------------------
+
+    def execute(self) -> str | None:
+        """Run the execution if it is still pending; returns its final status (None when
+        another worker has it or it was cancelled before it started)."""
+        lease = settings.AIMOS_RUN_LEASE_SECONDS
+        if not Execution.claim(self.execution_id, worker=worker_name(), lease_seconds=lease):
+            return None
+        execution = Execution.objects.select_related("agent", "version").get(pk=self.execution_id)
+        self.buffer.add(
+            "run_started",
+            {
+                "run_id": str(execution.pk),
+                "agent_id": str(execution.agent_id),
+                "version": execution.version.label,
+            },
+        )
+        try:
+            self.run = self._start(execution)
+        except Exception as exc:  # the sandbox could not start: not the agent's fault
+            logger.exception("sandbox did not start for execution %s", execution.pk)
+            services.finish(
+                execution,
+                ExecutionStatus.FAILED,
+                reason=f"The sandbox could not start the run: {exc}",
+                error_type=ErrorType.SANDBOX_ERROR,
+            )
+            return ExecutionStatus.FAILED
+        Execution.mark_sandbox_started(execution.pk)
+        control = threading.Thread(
+            target=self._control_loop, name=f"control-{execution.pk}", daemon=True
+        )
+        control.start()
+        try:
+            for event in self.run.events():
+                self.buffer.add(event.type, event.data)
+            outcome = self.run.wait()
+        except BaseException:
+            self.run.kill()
+            raise
+        finally:
+            self.stop.set()
+            control.join()
+            self.buffer.flush()
+            self._forget_controls()
+        return self._record_outcome(execution, outcome)
+
+    def _start(self, execution: Execution):
+        from sandbox import get_backend, limits_for
+
+        version = execution.version
+        backend = get_backend(version.sandbox_backend or None)
+        limits = limits_for(version.manifest, timeout_seconds=execution.timeout_seconds)
+        return backend.start(
+            environment_of(version),
+            version.entrypoint,
+            execution.input,
+            state=execution.initial_state,
+            limits=limits,
+            env_vars={str(k): str(v) for k, v in (execution.env or {}).items()},
+        )
+
+    def _record_outcome(self, execution: Execution, outcome) -> str:
+        status = OUTCOME_STATUS.get(outcome.status, ExecutionStatus.FAILED)
+        reason = outcome.error or ""
+        error_type = outcome.error_type or ""
+        if self.paused_too_long:
+            status = ExecutionStatus.TIMED_OUT
+            reason = f"paused longer than {settings.AIMOS_MAX_PAUSE_SECONDS} s"
+        elif status == ExecutionStatus.CANCELLED:
+            reason = "cancelled by the user"
+        elif status == ExecutionStatus.TIMED_OUT:
+            reason = reason or f"ran longer than {execution.timeout_seconds} s"
+        elif status == ExecutionStatus.FAILED and not error_type:
+            error_type = ErrorType.SANDBOX_ERROR
+        services.finish(
+            execution,
+            status,
+            reason=reason,
+            output=outcome.output if status == ExecutionStatus.COMPLETED else None,
+            error_type=error_type,
+            duration_ms=outcome.duration_ms,
+            peak_memory_mb=outcome.peak_memory_mb,
+            cpu_ms=outcome.cpu_ms,
+        )
+        return status
+
+    # --- the control thread -------------------------------------------------------------------
+
+    def _control_loop(self) -> None:
+        import django_rq
+
+        connection = django_rq.get_connection("runs")
+        key = services.CONTROL_KEY.format(self.execution_id)
+        lease = settings.AIMOS_RUN_LEASE_SECONDS
+        renew_every = max(1.0, lease / 3)
+        renewed = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                message = connection.blpop([key], timeout=0.1)
+                if message:
+                    self._apply(message[1].decode())
+                self.buffer.flush_if_due()
+                if time.monotonic() - renewed >= renew_every:
+                    Execution.renew_lease(self.execution_id, lease_seconds=lease)
+                    renewed = time.monotonic()
+                if (
+                    self.paused_since is not None
+                    and time.monotonic() - self.paused_since > settings.AIMOS_MAX_PAUSE_SECONDS
+                    and not self.paused_too_long
+                ):
+                    self.paused_too_long = True
+                    self.run.kill()
+        except Exception:  # without its control thread a run must not go on unwatched
+            logger.exception("control of execution %s failed; killing the run", self.execution_id)
+            self.run.kill()
+        finally:
+            connection.close()
+
+    def _apply(self, control: str) -> None:
+        if control == Control.CANCEL:
+            self.cancelled = True
+            self.run.kill()
+        elif control == Control.PAUSE and self.paused_since is None:
+            self.buffer.flush()
+            self.run.pause()
+            if Execution.mark_paused(self.execution_id):
+                self.paused_since = time.monotonic()
+                self.buffer.add("run_paused", {})
+            else:
+                self.run.resume()
+        elif control == Control.RESUME and self.paused_since is not None:
+            self.run.resume()
+            if Execution.mark_resumed(self.execution_id):
+                self.paused_since = None
+                self.buffer.add("run_resumed", {})
+
+    def _forget_controls(self) -> None:
+        import django_rq
+
+        django_rq.get_connection("runs").delete(services.CONTROL_KEY.format(self.execution_id))
+
+
+def run_execution(execution_id) -> str | None:
+    return Supervisor(execution_id).execute()
