@@ -1,6 +1,7 @@
 """Fixtures shared by every app's tests: three people, API clients, fresh throttle counters."""
 
 import uuid
+from pathlib import Path
 
 import pytest
 from rest_framework.test import APIClient
@@ -84,3 +85,193 @@ def drain_queues(rq_queues):
         SimpleWorker(rq_queues, connection=rq_queues[0].connection).work(burst=True)
 
     return drain
+
+
+# --- A live stack: daphne and real RQ workers in their own processes ---------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveStack:
+    """The web server (daphne) and RQ workers as separate processes on the test database.
+
+    Tests that use it need `transactional_db` (rows must be committed to be seen)."""
+
+    def __init__(self, env: dict, workers: int = 2) -> None:
+        import subprocess
+        import sys
+
+        self.env = env
+        self.python = sys.executable
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.logs = Path(env["AIMOS_VAR_DIR"]) / "live-logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.web = self._spawn(
+            "web",
+            [
+                self.python,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "aimos.asgi:application",
+            ],
+        )
+        self.workers = [self.start_worker() for _ in range(workers)]
+        self._wait_until_up()
+        self.subprocess = subprocess
+
+    def _spawn(self, name: str, argv: list[str]):
+        import subprocess
+
+        log = (self.logs / f"{name}-{uuid.uuid4().hex[:6]}.log").open("wb")
+        return subprocess.Popen(
+            argv,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).parent,
+            start_new_session=True,
+        )
+
+    def start_worker(self):
+        argv = [
+            self.python,
+            "manage.py",
+            "rqworker",
+            "runs",
+            "builds",
+            "default",
+            "--with-scheduler",
+        ]
+        return self._spawn("worker", argv)
+
+    def _wait_until_up(self) -> None:
+        import time
+
+        import requests
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            if self.web.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"the live web server did not start; see {self.logs}")
+
+    def replace_dead_workers(self) -> None:
+        self.workers = [w if w.poll() is None else self.start_worker() for w in self.workers]
+
+    def stop(self) -> None:
+        import os
+        import signal
+
+        for process in [self.web, *self.workers]:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in [self.web, *self.workers]:
+            try:
+                process.wait(timeout=15)
+            except Exception:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _database_url(settings_dict: dict) -> str:
+    if settings_dict["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{settings_dict['NAME']}"
+    user = settings_dict.get("USER") or ""
+    password = settings_dict.get("PASSWORD") or ""
+    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    return (
+        f"postgres://{auth}{settings_dict.get('HOST') or '127.0.0.1'}:"
+        f"{settings_dict.get('PORT') or 5432}/{settings_dict['NAME']}"
+    )
+
+
+def _redis_db(url: str, db: int) -> str:
+    """The same Redis server, another database: live workers must not take the jobs of tests
+    that run their own burst worker."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return urlunsplit(parts._replace(query=f"db={db}"))
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+LIVE_REDIS_DB = 14
+
+LIVE_SETTINGS = {
+    "AIMOS_RUN_LEASE_SECONDS": "3",
+    "AIMOS_MAINTENANCE_INTERVAL": "1",
+    "AIMOS_SSE_HEARTBEAT_SECONDS": "1",
+    "AIMOS_MAX_PAUSE_SECONDS": "4",
+    "THROTTLE_USER_RATE": "10000/min",
+    "THROTTLE_ADMIN_RATE": "10000/min",
+    "THROTTLE_ANON_RATE": "10000/min",
+    "THROTTLE_AUTH_RATE": "10000/min",
+}
+
+
+@pytest.fixture(scope="session")
+def live_stack(django_db_setup, django_db_blocker):
+    """One live stack for the session, on the process sandbox (see LIVE_SETTINGS)."""
+    import os
+
+    from django.conf import settings
+    from django.db import connection
+
+    env = {
+        **os.environ,
+        **LIVE_SETTINGS,
+        "DATABASE_URL": _database_url(connection.settings_dict),
+        "REDIS_URL": _redis_db(settings.REDIS_URL, LIVE_REDIS_DB),
+        "SECRET_KEY": settings.SECRET_KEY,
+        "DEBUG": "0",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "SESSION_COOKIE_SECURE": "0",
+        "CSRF_COOKIE_SECURE": "0",
+        "AIMOS_VAR_DIR": str(settings.VAR_DIR),
+        "AIMOS_SANDBOX": "process",
+    }
+    import redis
+
+    redis.Redis.from_url(env["REDIS_URL"]).flushdb()
+    stack = LiveStack(env)
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def live(live_stack, transactional_db, settings):
+    """The live stack for one test; the test process uses the same short timings."""
+    from aimos.jobs import schedule_maintenance
+
+    url = live_stack.env["REDIS_URL"]
+    settings.REDIS_URL = url
+    settings.RQ_QUEUES = {
+        name: {**config, "URL": url} for name, config in settings.RQ_QUEUES.items()
+    }
+    settings.CHANNEL_LAYERS = {
+        "default": {**settings.CHANNEL_LAYERS["default"], "CONFIG": {"hosts": [url]}}
+    }
+    settings.AIMOS_RUN_LEASE_SECONDS = int(LIVE_SETTINGS["AIMOS_RUN_LEASE_SECONDS"])
+    settings.AIMOS_MAX_PAUSE_SECONDS = int(LIVE_SETTINGS["AIMOS_MAX_PAUSE_SECONDS"])
+    settings.AIMOS_MAINTENANCE_INTERVAL = int(LIVE_SETTINGS["AIMOS_MAINTENANCE_INTERVAL"])
+    live_stack.replace_dead_workers()
+    schedule_maintenance()
+    return live_stack

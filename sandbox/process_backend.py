@@ -1,0 +1,661 @@
+"""The `process` backend: agents run under bubblewrap on this host, without a container engine.
+
+A run is `sh` (joins the run's cgroups) → `bwrap` (new PID, network, IPC, UTS and cgroup
+namespaces; a read-only view of /usr, a few /etc files, the Python install, the version's
+venv at /env and code at /code; a private size-capped /tmp and a writable /workspace;
+--clearenv) → `prlimit` (memory, processes, file size, open files, CPU seconds, no core
+dumps) → `setpriv` (a dedicated unprivileged uid per run, no capabilities, NoNewPrivs) →
+the version's Python running `runner.py`.
+
+Every process of a run is found through its cgroups or its dedicated uid (`confinement`).
+The PID namespace dies with its init, so a run's daemons die with the run; the launcher dies
+with the worker process, so a crashed worker leaves no run going (`sweep()` then deletes
+what it left on disk and in /sys/fs/cgroup).
+
+Needs root (for the dedicated uids and cgroups) and bwrap. Otherwise `check()` and `start()`
+refuse with SandboxUnavailable, unless AIMOS_SANDBOX_ALLOW_UNISOLATED is set: then agents run
+as plain processes with rlimits only, and a loud warning is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from sandbox.base import (
+    Backend,
+    BuildError,
+    Environment,
+    Inspection,
+    Limits,
+    LogSink,
+    Run,
+    SandboxError,
+    SandboxUnavailable,
+)
+from sandbox.confinement import (
+    KILL_DEADLINE_S,
+    MB,
+    SPAWNER,
+    Cgroups,
+    Members,
+    UidLease,
+    hold_lock,
+)
+from sandbox.protocol import RUNNER_PATH, StreamRun, encode_request, inspection_from
+
+logger = logging.getLogger("aimos.sandbox")
+
+INSPECT_LIMITS = Limits(timeout_seconds=60, memory_mb=512, pids=64)
+BUILD_LIMITS = Limits(
+    timeout_seconds=900,
+    memory_mb=2048,
+    cpus=2.0,
+    pids=256,
+    max_file_mb=1024,
+    max_open_files=1024,
+    tmp_mb=256,
+    network=True,
+)
+# Read-only pieces of /etc a Python program may need (names, DNS, TLS roots, time zone).
+ETC_FILES = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "resolv.conf",
+    "hosts",
+    "host.conf",
+    "gai.conf",
+    "nsswitch.conf",
+    "services",
+    "protocols",
+    "localtime",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "mime.types",
+    "os-release",
+    "debian_version",
+)
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+# --- a run -----------------------------------------------------------------------------------
+
+
+class ProcessRun(StreamRun):
+    """A run of the process backend (see `StreamRun` for what is guaranteed)."""
+
+    def __init__(
+        self,
+        limits: Limits,
+        proc: subprocess.Popen,
+        members: Members,
+        *,
+        lease: UidLease | None,
+        run_dir: Path,
+        run_lock: int,
+    ) -> None:
+        super().__init__(limits)
+        self._run_lock = run_lock
+        self.proc = proc
+        self.members = members
+        self.uid = lease.uid if lease else None
+        self.run_dir = run_dir
+        self._lease = lease
+        self._reaped = threading.Event()
+        self._rusage = None
+        self._stderr: deque[bytes] = deque(maxlen=64)
+        threading.Thread(target=self._collect_stderr, name="run-stderr", daemon=True).start()
+
+    def _collect_stderr(self) -> None:
+        if self.proc.stderr is None:
+            return
+        for line in iter(lambda: self.proc.stderr.readline(4096), b""):
+            self._stderr.append(line)
+
+    def _freeze(self) -> None:
+        self.members.freeze()
+
+    def _thaw(self) -> None:
+        self.members.thaw()
+
+    def _kill_all(self) -> None:
+        self.members.kill()
+        if self.members.cgroups is None:
+            # bwrap and its namespace init run as root, outside the uid: end them too.
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self._reaped.wait(KILL_DEADLINE_S)
+
+    def _exit_status(self) -> int | None:
+        try:
+            _, status, self._rusage = os.wait4(self.proc.pid, 0)
+        except ChildProcessError:
+            return self.proc.returncode
+        finally:
+            self._reaped.set()
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        return self.proc.returncode
+
+    def _usage(self) -> tuple[float | None, int | None]:
+        if self.members.cgroups is not None:
+            return self.members.cgroups.peak_memory_mb(), self.members.cgroups.cpu_ms()
+        if self._rusage is None:
+            return None, None
+        # Without cgroups: the largest single process and the CPU of everything reaped.
+        return (
+            self._rusage.ru_maxrss / 1024,
+            int((self._rusage.ru_utime + self._rusage.ru_stime) * 1000),
+        )
+
+    def _oom_killed(self) -> bool:
+        return self.members.cgroups is not None and self.members.cgroups.oom_killed()
+
+    def _diagnostics(self) -> str:
+        return b"".join(self._stderr).decode("utf-8", "replace")[-2000:]
+
+    def _release(self) -> None:
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        try:
+            if self.members.cgroups is not None:
+                self.members.cgroups.remove()
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        finally:
+            os.close(self._run_lock)
+            if self._lease is not None:
+                self._lease.release()
+
+
+# --- the backend -----------------------------------------------------------------------------
+
+
+class ProcessBackend(Backend):
+    """Runs agents under bubblewrap with a dedicated uid, rlimits and cgroups per run."""
+
+    name = "process"
+
+    def __init__(self, root: Path, *, allow_unisolated: bool = False) -> None:
+        self.root = Path(root)
+        self.allow_unisolated = allow_unisolated
+        self._isolated: bool | None = None
+        self._lock = threading.Lock()
+        self.tools: dict[str, str] = {}
+        # The Python the venvs are made from, and the install they link to (bound read-only).
+        self.python = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+        self.python_prefix = Path(sys.base_prefix).resolve()
+
+    # -- availability --
+
+    def _find_tools(self) -> None:
+        """Absolute paths of the programs a run is made of (PATH is looked up once, here)."""
+        for tool in ("sh", "env", "prlimit", "setpriv", "bwrap"):
+            path = shutil.which(tool)
+            if path is not None:
+                self.tools[tool] = path
+        missing = [t for t in ("sh", "env", "prlimit") if t not in self.tools]
+        if missing:
+            raise SandboxUnavailable(
+                f"the process sandbox needs {', '.join(missing)} (apt-get install util-linux)"
+            )
+
+    def _problem(self) -> str | None:
+        """Why this host cannot isolate runs, or None when it can."""
+        for tool in ("bwrap", "setpriv"):
+            if tool not in self.tools:
+                return f"{tool} is not installed (apt-get install bubblewrap util-linux)"
+        if os.geteuid() != 0:
+            return (
+                "the process sandbox must run as root, to give each run its own unprivileged "
+                "uid and cgroups"
+            )
+        probe = subprocess.run(
+            [
+                self.tools["bwrap"],
+                *self._namespace_args(network=False),
+                "--ro-bind",
+                "/usr",
+                "/usr",
+                *self._system_links(),
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "/usr/bin/true",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if probe.returncode != 0:
+            return f"bwrap cannot create namespaces here: {probe.stderr.strip()}"
+        return None
+
+    def _check_isolation(self) -> bool:
+        """True when runs are isolated; False (after a loud warning) when they may run
+        unisolated: as the worker's own user with rlimits (and cgroups when available) only."""
+        with self._lock:
+            if self._isolated is None:
+                self._find_tools()
+                problem = self._problem()
+                if problem is None:
+                    self._isolated = True
+                elif self.allow_unisolated:
+                    logger.warning(
+                        "AIMOS_SANDBOX_ALLOW_UNISOLATED is set and %s: agent code runs WITHOUT "
+                        "isolation (rlimits only), as this process's user, with access to "
+                        "this host's files and network. Never do this with code you do not "
+                        "trust.",
+                        problem,
+                    )
+                    self._isolated = False
+                else:
+                    raise SandboxUnavailable(
+                        f"the process sandbox is unavailable: {problem}. Use "
+                        "AIMOS_SANDBOX=docker, or set AIMOS_SANDBOX_ALLOW_UNISOLATED=1 to run "
+                        "agents without isolation (rlimits only; unsafe)."
+                    )
+            return self._isolated
+
+    def check(self) -> None:
+        """Raise SandboxUnavailable unless runs can be isolated (or unisolated runs are allowed).
+        Also clears what runs of a crashed worker left behind (see `sweep`)."""
+        self._check_isolation()
+        self.sweep()
+
+    def sweep(self) -> list[str]:
+        """Kill and delete the runs under this root that nobody holds any more (their worker
+        died: its lock on the run went with it). Returns their ids."""
+        swept = []
+        runs = self.root / "runs"
+        for run_dir in runs.iterdir() if runs.is_dir() else ():
+            try:
+                fd = hold_lock(run_dir / "lock", wait=False)
+            except (BlockingIOError, FileNotFoundError, NotADirectoryError):
+                continue  # a live run (or one still being made)
+            try:
+                cgroups = Cgroups(run_dir.name) if Cgroups.available() else None
+                if cgroups is not None:
+                    Members(cgroups, None).kill()
+                    cgroups.remove()
+                shutil.rmtree(run_dir, ignore_errors=True)
+                swept.append(run_dir.name)
+            finally:
+                os.close(fd)
+        return swept
+
+    # -- environments --
+
+    def prepare(
+        self, source_dir: Path, manifest: dict[str, Any], *, key: str, log: LogSink | None = None
+    ) -> Environment:
+        """Build `<root>/envs/<key>/` = a venv with the requirements (pip runs in the sandbox,
+        with network) and a copy of the code. Replaces a previous build of the same key.
+        Raises BuildError with pip's output when installing fails."""
+        if not _KEY.match(key):
+            raise ValueError(f"invalid environment key {key!r}")
+        runtime = manifest.get("runtime")
+        version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        if runtime not in (None, "python", "python3", version):
+            raise BuildError(f"runtime {runtime} is not available here (this server has {version})")
+        say = log or (lambda line: None)
+        isolated = self._check_isolation()
+        envs = self.root / "envs"
+        envs.mkdir(parents=True, exist_ok=True)
+        final = envs / key
+        build = envs / f".{key}.{secrets.token_hex(4)}"
+        try:
+            build.mkdir()
+            build.chmod(0o755)
+            _copy_readable(Path(source_dir), build / "code")
+            say(f"creating a Python {sys.version.split()[0]} environment")
+            subprocess.run(
+                [self.python, "-m", "venv", "--without-pip", str(build / "venv")],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            requirements = _requirements_file(build / "code", manifest)
+            if requirements is not None:
+                self._install(build, requirements, say, isolated=isolated)
+            if final.exists():
+                shutil.rmtree(final)
+            build.rename(final)
+        except subprocess.CalledProcessError as exc:
+            raise BuildError(f"creating the environment failed: {exc.stderr or exc}") from exc
+        finally:
+            if build.exists():
+                shutil.rmtree(build, ignore_errors=True)
+        say("environment ready")
+        return Environment(
+            backend=self.name,
+            key=key,
+            source_dir=Path(source_dir),
+            location=str(final),
+            manifest=dict(manifest),
+        )
+
+    def _install(self, build: Path, requirements: str, say: LogSink, *, isolated: bool) -> None:
+        """pip install -r inside the sandbox (a uid of its own, network allowed, limits)."""
+        bundled = (self.python_prefix / "lib").glob("python3*/ensurepip/_bundled/pip-*.whl")
+        wheel = next(bundled, None)
+        if wheel is None:
+            raise BuildError(f"no pip wheel bundled with the Python at {self.python_prefix}")
+        say(f"installing {requirements}")
+        venv = build / "venv"
+        python = "/env/bin/python" if isolated else str(venv / "bin/python")
+        pip = [python, str(wheel / "pip"), "install", "--no-input", "--no-cache-dir",
+               "--disable-pip-version-check", "--progress-bar", "off",
+               "--no-warn-script-location", "-r", requirements]  # fmt: skip
+        run = self._spawn(
+            venv, build / "code", pip, limits=BUILD_LIMITS, isolated=isolated,
+            writable_env=True, stdin=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        output: deque[str] = deque(maxlen=200)
+        timed_out = threading.Event()
+
+        def give_up() -> None:
+            timed_out.set()
+            run.members.kill()
+
+        timer = threading.Timer(BUILD_LIMITS.timeout_seconds, give_up)
+        timer.start()
+        try:
+            assert run.proc.stdout is not None
+            for raw in iter(lambda: run.proc.stdout.readline(65536), b""):
+                line = raw.decode("utf-8", "replace").rstrip()
+                output.append(line)
+                say(line)
+            code = run._exit_status()
+        finally:
+            timer.cancel()
+            run.members.kill()  # anything pip left behind
+            if run.proc.returncode is None:
+                run._exit_status()
+            run._release()
+            if os.geteuid() == 0:
+                _chown_tree(venv, 0)
+        if timed_out.is_set():
+            raise BuildError(
+                f"installing requirements took longer than {BUILD_LIMITS.timeout_seconds:g} s"
+            )
+        if code != 0:
+            raise BuildError(
+                f"pip install -r {requirements} failed (exit code {code}):\n" + "\n".join(output)
+            )
+
+    def remove(self, env: Environment) -> None:
+        """Delete the environment's directory (nothing else is shared)."""
+        location = Path(env.location)
+        if location.parent != self.root / "envs":
+            raise ValueError(f"{location} is not an environment of this backend")
+        shutil.rmtree(location, ignore_errors=True)
+
+    # -- runs --
+
+    def inspect(self, env: Environment, entrypoint: str) -> Inspection:
+        """Import the entrypoint inside the sandbox (its import-time code runs there)."""
+        request = encode_request("inspect", entrypoint, env=env.manifest.get("env"))
+        run = self._start(env, request, INSPECT_LIMITS)
+        return inspection_from(run.wait())
+
+    def start(
+        self,
+        env: Environment,
+        entrypoint: str,
+        payload: Any,
+        *,
+        state: Any = None,
+        limits: Limits,
+        env_vars: dict[str, str] | None = None,
+    ) -> Run:
+        """Start a run. The manifest's `env` and `env_vars` reach the agent through the
+        runner's stdin (never a command line); nothing else of this host's environment does."""
+        variables = {**(env.manifest.get("env") or {}), **(env_vars or {})}
+        request = encode_request("run", entrypoint, payload, state=state, env=variables)
+        return self._start(env, request, limits)
+
+    def _start(self, env: Environment, request: bytes, limits: Limits) -> ProcessRun:
+        isolated = self._check_isolation()
+        location = Path(env.location)
+        if not (location / "venv").is_dir():
+            raise SandboxError(f"environment {env.key} is not built (no {location / 'venv'})")
+        if isolated:
+            argv = ["/env/bin/python", "-I", "-B", "/aimos/runner.py", "/code"]
+        else:
+            argv = [str(location / "venv/bin/python"), "-I", "-B", str(RUNNER_PATH),
+                    str(location / "code")]  # fmt: skip
+        run = self._spawn(location / "venv", location / "code", argv, limits=limits,
+                          isolated=isolated)  # fmt: skip
+        run._begin(run.proc.stdout)
+        threading.Thread(target=_feed, args=(run.proc, request), daemon=True).start()
+        return run
+
+    def _spawn(
+        self,
+        venv: Path,
+        code: Path,
+        argv: list[str],
+        *,
+        limits: Limits,
+        isolated: bool,
+        writable_env: bool = False,
+        stdin: int = subprocess.PIPE,
+        stderr: int = subprocess.PIPE,
+    ) -> ProcessRun:
+        """Start `argv` confined. Isolated: bwrap, a uid of its own (owning the workspace, and
+        the venv when `writable_env`), rlimits, cgroups. Unisolated: rlimits and cgroups only."""
+        run_id = secrets.token_hex(8)
+        run_dir = self.root / "runs" / run_id
+        cgroups = Cgroups(run_id) if Cgroups.available() else None
+        lease = UidLease() if isolated else None
+        run_lock = None
+        try:
+            workspace = run_dir / "workspace"
+            workspace.mkdir(parents=True)
+            run_dir.chmod(0o755)
+            run_lock = hold_lock(run_dir / "lock")
+            if lease is not None:
+                os.chown(workspace, lease.uid, lease.uid)
+                if writable_env:
+                    _chown_tree(venv, lease.uid)
+            _write_identity(run_dir, lease.uid if lease else os.getuid())
+            if cgroups is not None:
+                cgroups.create(limits, helpers=2 if isolated else 0)
+            variables = {
+                "PATH": f"{'/env' if isolated else venv}/bin:/usr/local/bin:/usr/bin:/bin",
+                "HOME": "/workspace" if isolated else str(workspace),
+                "TMPDIR": "/tmp" if isolated else str(workspace),
+                "LANG": "C.UTF-8",
+                "PYTHONDONTWRITEBYTECODE": "1",
+            }
+            command = _prlimit_args(self.tools["prlimit"], limits, per_uid=lease is not None)
+            if lease is not None:
+                command += [self.tools["setpriv"], f"--reuid={lease.uid}", f"--regid={lease.uid}",
+                            "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
+                            "--no-new-privs", "--"]  # fmt: skip
+            command += argv
+            if isolated:
+                bwrap = self._bwrap_args(venv, code, run_dir, limits, variables, writable_env)
+                command = [*bwrap, "--", *command]
+            else:
+                command = [self.tools["env"], "-i", *(f"{k}={v}" for k, v in variables.items()),
+                           *command]  # fmt: skip
+            if not isolated and "setpriv" in self.tools:
+                # A crashed worker takes its runs along (bwrap's --die-with-parent does it
+                # for isolated runs).
+                command = [self.tools["setpriv"], "--pdeathsig", "KILL", "--", *command]
+            launcher_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+            if cgroups is not None:
+                # The shell joins the cgroups, then becomes the sandbox: nothing forks outside.
+                launcher_env["AIMOS_CGROUP_PROCS"] = " ".join(cgroups.procs_files)
+                join = 'for f in $AIMOS_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done'
+                command = [self.tools["sh"], "-c", join + '; exec "$@"', "sh", *command]
+            proc = SPAWNER.popen(
+                command,
+                stdin=stdin,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=launcher_env,
+                cwd=str(code if not isolated else run_dir),
+                start_new_session=True,
+                close_fds=True,
+            )
+        except BaseException:
+            if cgroups is not None:
+                cgroups.remove()
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if run_lock is not None:
+                os.close(run_lock)
+            if lease is not None:
+                lease.release()
+            raise
+        members = Members(cgroups, lease.uid if lease else None)
+        if cgroups is None and lease is None:
+            members.pgid = proc.pid
+        return ProcessRun(limits, proc, members, lease=lease, run_dir=run_dir, run_lock=run_lock)
+
+    # -- bwrap --
+
+    @staticmethod
+    def _namespace_args(*, network: bool) -> list[str]:
+        args = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+        if not network:
+            args.append("--unshare-net")
+        return args + ["--die-with-parent", "--new-session"]
+
+    @staticmethod
+    def _system_links() -> list[str]:
+        """/bin, /lib, /lib64, /sbin as on the host (merged-/usr symlinks or read-only binds)."""
+        args: list[str] = []
+        for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+            path = Path("/") / name
+            if path.is_symlink():
+                args += ["--symlink", os.readlink(path), str(path)]
+            elif path.is_dir():
+                args += ["--ro-bind", str(path), str(path)]
+        return args
+
+    def _bwrap_args(
+        self,
+        venv: Path,
+        code: Path,
+        run_dir: Path,
+        limits: Limits,
+        variables: dict[str, str],
+        writable_env: bool,
+    ) -> list[str]:
+        args = [self.tools["bwrap"], *self._namespace_args(network=limits.network)]
+        args += ["--hostname", "aimos"]
+        args += ["--ro-bind", "/usr", "/usr", *self._system_links()]
+        args += ["--perms", "0755", "--dir", "/etc"]
+        for name in ETC_FILES:
+            args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        args += ["--ro-bind", str(run_dir / "passwd"), "/etc/passwd"]
+        args += ["--ro-bind", str(run_dir / "group"), "/etc/group"]
+        prefix = self.python_prefix
+        if not prefix.is_relative_to("/usr"):
+            # Its parents (e.g. /root) are created world-traversable, unlike on the host.
+            for parent in reversed(prefix.parents[:-1]):
+                args += ["--perms", "0755", "--dir", str(parent)]
+            args += ["--ro-bind", str(prefix), str(prefix)]
+        args += ["--bind" if writable_env else "--ro-bind", str(venv), "/env"]
+        args += ["--ro-bind", str(code), "/code"]
+        args += ["--perms", "0755", "--dir", "/aimos"]
+        args += ["--ro-bind", str(RUNNER_PATH), "/aimos/runner.py"]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        tmp_bytes = str(limits.tmp_mb * MB)
+        args += ["--perms", "1777", "--size", tmp_bytes, "--tmpfs", "/tmp"]
+        args += ["--perms", "1777", "--size", tmp_bytes, "--tmpfs", "/dev/shm"]
+        args += ["--bind", str(run_dir / "workspace"), "/workspace"]
+        args += ["--remount-ro", "/", "--chdir", "/code", "--clearenv"]
+        for name, value in variables.items():
+            args += ["--setenv", name, value]
+        return args
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _feed(proc: subprocess.Popen, request: bytes) -> None:
+    """Write the runner's request on its stdin and close it (the runner may already be gone)."""
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(request)
+        proc.stdin.close()
+    except (BrokenPipeError, OSError, ValueError):
+        pass
+
+
+def _prlimit_args(prlimit: str, limits: Limits, *, per_uid: bool) -> list[str]:
+    """rlimits of every process of the run. RLIMIT_NPROC counts per real uid, so it is set
+    only when the run has a uid of its own."""
+    cpu = math.ceil(limits.timeout_seconds * max(1.0, limits.cpus)) + 1
+    args = [
+        prlimit,
+        f"--data={limits.memory_mb * MB}",
+        f"--fsize={limits.max_file_mb * MB}",
+        f"--nofile={limits.max_open_files}",
+        f"--cpu={cpu}:{cpu + 2}",
+        "--core=0",
+    ]
+    if per_uid:
+        args.append(f"--nproc={limits.pids}")
+    return args + ["--"]
+
+
+def _write_identity(run_dir: Path, uid: int) -> None:
+    """/etc/passwd and /etc/group of the sandbox: root and the run's user, nobody else."""
+    (run_dir / "passwd").write_text(
+        f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
+        f"agent:x:{uid}:{uid}:agent:/workspace:/usr/sbin/nologin\n"
+    )
+    (run_dir / "group").write_text(f"root:x:0:\nagent:x:{uid}:\n")
+
+
+def _requirements_file(code: Path, manifest: dict[str, Any]) -> str | None:
+    """The requirements file named by the manifest (or requirements.txt), relative to the code."""
+    name = manifest.get("requirements")
+    if not name:
+        return "requirements.txt" if (code / "requirements.txt").is_file() else None
+    path = (code / str(name)).resolve()
+    if not path.is_relative_to(code.resolve()) or not path.is_file():
+        raise BuildError(f"requirements file {name!r} not found in the package")
+    return str(path.relative_to(code.resolve()))
+
+
+def _copy_readable(source: Path, target: Path) -> None:
+    """Copy the code so any uid can read it (archives may carry 0600 files); links are kept."""
+    shutil.copytree(source, target, symlinks=True)
+    for dirpath, _dirnames, filenames in os.walk(target):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o755 if os.stat(path).st_mode & 0o111 else 0o644)
+
+
+def _chown_tree(path: Path, uid: int) -> None:
+    os.lchown(path, uid, uid)
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, name), uid, uid)

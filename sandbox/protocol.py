@@ -1,0 +1,404 @@
+"""Host side of the runner protocol, shared by every backend.
+
+`StreamRun` reads the runner's JSON lines from a byte stream and does the bookkeeping every
+backend needs: events, the output budget, the wall-clock timeout (paused time not counted),
+pause/resume/kill and the final `Outcome`. A backend subclass starts the sandbox, then calls
+`_begin(stream)` and implements the hooks:
+
+    _freeze()       stop every process of the run (cgroup freezer, `docker pause`)
+    _thaw()         undo `_freeze`
+    _kill_all()     kill every process of the run; return only when all are gone
+                    (may be called more than once, from several threads, and on a frozen run)
+    _exit_status()  block until the sandbox's main process has ended; its exit code
+                    (-N or 128+N for signal N)
+    _usage()        (peak_memory_mb, cpu_ms) of the whole run, read after `_kill_all`
+    _oom_killed()   optional: did the kernel's OOM killer act on the run?
+    _diagnostics()  optional: text explaining a sandbox failure (e.g. stderr of the launcher)
+    _release()      optional: free what the run held (cgroups, workspace), after the outcome
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sandbox.base import ErrorType, Event, Inspection, Limits, Outcome, Run, Status
+
+TERMINAL_TYPES = frozenset({"result", "error", "inspection"})
+LOG_SOURCES = frozenset({"stdout", "stderr", "agent"})  # "platform" is the host's own
+LOG_LEVELS = frozenset({"debug", "info", "warning", "error"})
+AGENT_ERROR_TYPES = frozenset(
+    {ErrorType.EXCEPTION, ErrorType.OOM_KILLED, ErrorType.RESOURCE_LIMIT, ErrorType.SANDBOX_ERROR}
+)
+RUNNER_PATH = Path(__file__).with_name("runner.py")
+_END = object()
+
+
+def encode_request(
+    mode: str,
+    entrypoint: str,
+    payload: Any = None,
+    *,
+    state: Any = None,
+    env: dict[str, str] | None = None,
+) -> bytes:
+    """The JSON document the runner reads on stdin (`env` travels here, never in argv)."""
+    request = {"mode": mode, "entrypoint": entrypoint, "payload": payload, "state": state}
+    if env:
+        request["env"] = {str(k): str(v) for k, v in env.items()}
+    try:
+        return json.dumps(request).encode()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"payload and state must be JSON-serialisable: {exc}") from None
+
+
+def parse_line(line: bytes) -> Event | None:
+    """One protocol line as an Event, or None when the line is not a protocol message."""
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    if (
+        isinstance(message, dict)
+        and isinstance(message.get("type"), str)
+        and isinstance(message.get("data"), dict)
+    ):
+        return Event(message["type"], message["data"])
+    return None
+
+
+def refusal(event: Event) -> str | None:
+    """Why a non-terminal event from the sandbox is refused, or None. The runner always sends
+    well-formed events; this guards against an agent writing to the protocol fd itself."""
+    kind, data = event.type, event.data
+    if kind.startswith("run_") or len(kind) > 64:
+        return f"refused reserved event type {kind[:64]!r}"
+    wanted = {
+        "content_delta": ("content", str),
+        "tool_call": ("name", str),
+        "tool_result": ("name", str),
+        "log": ("message", str),
+    }.get(kind)
+    if wanted and not isinstance(data.get(wanted[0]), wanted[1]):
+        return f"refused malformed {kind} event"
+    if kind == "log" and (
+        data.get("source") not in LOG_SOURCES or data.get("level") not in LOG_LEVELS
+    ):
+        return "refused log event with an unknown source or level"
+    if kind == "checkpoint" and "state" not in data:
+        return "refused checkpoint event without state"
+    return None
+
+
+def inspection_from(outcome: Outcome) -> Inspection:
+    """The `Inspection` of a run started in inspect mode."""
+    data = outcome.output if outcome.status == Status.COMPLETED else None
+    if not isinstance(data, dict):
+        return Inspection(ok=False, error=outcome.error or f"inspection {outcome.status}")
+    is_callable = bool(data.get("callable"))
+    return Inspection(
+        ok=is_callable and not data.get("error"),
+        callable=is_callable,
+        signature=data.get("signature"),
+        error=data.get("error"),
+        traceback=data.get("traceback"),
+    )
+
+
+def signal_of(exit_code: int | None) -> int | None:
+    """The signal that ended a process, from Popen (-N) or shell/bwrap/docker (128+N) codes."""
+    if exit_code is None:
+        return None
+    if exit_code < 0:
+        return -exit_code
+    if 128 < exit_code < 128 + 65:
+        return exit_code - 128
+    return None
+
+
+class StreamRun(Run):
+    """Protocol bookkeeping of one run; see the module docstring for the hooks.
+
+    Guarantees: `events()` ends after the last event; `wait()` returns the outcome once every
+    process of the run is gone; a terminal message read before any kill decides the outcome;
+    otherwise kill() → cancelled, the clock → timed_out, the output budget → output_limit.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._events: queue.Queue = queue.Queue()
+        self._lock = threading.Condition()
+        self._kill_lock = threading.Lock()
+        self._finished = threading.Event()
+        self._reason: str | None = None  # cancelled / timed_out / output_limit
+        self._terminal: Event | None = None
+        self._output_bytes = 0
+        self._paused = False
+        self._closing = False  # set (under _lock) before the run's resources are released
+        self._active_s = 0.0  # running time before the current stretch
+        self._since = time.monotonic()  # start of the current running stretch
+        self._outcome: Outcome | None = None
+        self._stream: BinaryIO | None = None
+        self._reader: threading.Thread | None = None
+
+    # --- hooks --------------------------------------------------------------------------
+
+    def _freeze(self) -> None:
+        raise NotImplementedError
+
+    def _thaw(self) -> None:
+        raise NotImplementedError
+
+    def _kill_all(self) -> None:
+        raise NotImplementedError
+
+    def _exit_status(self) -> int | None:
+        raise NotImplementedError
+
+    def _usage(self) -> tuple[float | None, int | None]:
+        return None, None
+
+    def _oom_killed(self) -> bool:
+        return False
+
+    def _diagnostics(self) -> str:
+        return ""
+
+    def _release(self) -> None:
+        pass
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def _begin(self, stream: BinaryIO) -> None:
+        """Start reading `stream` (anything with `readline(size)` returning bytes) and the
+        clock. Call once, right after the sandbox started."""
+        self._stream = stream
+        with self._lock:
+            self._since = time.monotonic()
+        self._reader = threading.Thread(target=self._read, name="run-reader", daemon=True)
+        self._reader.start()
+        threading.Thread(target=self._supervise, name="run-supervisor", daemon=True).start()
+        threading.Thread(target=self._watch_clock, name="run-clock", daemon=True).start()
+
+    def _active_seconds(self) -> float:
+        with self._lock:
+            if self._paused:
+                return self._active_s
+            return self._active_s + time.monotonic() - self._since
+
+    def _stop(self, reason: str) -> None:
+        """End the run for `reason` unless it already has an end; kills every process."""
+        with self._lock:
+            if self._finished.is_set():
+                return
+            if self._reason is None and self._terminal is None:
+                self._reason = reason
+        self._kill_everything()
+
+    def _kill_everything(self) -> None:
+        with self._kill_lock:
+            self._kill_all()
+
+    def _read(self) -> None:
+        assert self._stream is not None
+        budget = self.limits.max_output_bytes
+        while True:
+            try:
+                line = self._stream.readline(max(budget - self._output_bytes, 0) + 1)
+            except (OSError, ValueError):
+                break
+            if not line:
+                break
+            if self._reason is not None or self._terminal is not None:
+                continue  # after the end, drain without keeping anything
+            self._output_bytes += len(line)
+            if self._output_bytes > budget:
+                self._events.put(
+                    Event("error", {"message": f"output truncated: over {budget} bytes"})
+                )
+                self._stop(ErrorType.OUTPUT_LIMIT)
+                continue
+            if not line.strip():
+                continue
+            event = parse_line(line)
+            if event is None:
+                # The runner never writes one; only an agent writing to the protocol fd does.
+                self._events.put(Event("error", {"message": "refused a non-protocol line"}))
+            elif event.type in TERMINAL_TYPES:
+                with self._lock:
+                    if self._reason is None:
+                        self._terminal = event
+                if event.type == "error" and event.data.get("traceback"):
+                    self._events.put(
+                        Event(
+                            "log",
+                            {
+                                "level": "error",
+                                "message": str(event.data["traceback"]),
+                                "source": "agent",
+                            },
+                        )
+                    )
+            else:
+                problem = refusal(event)
+                self._events.put(Event("error", {"message": problem}) if problem else event)
+
+    def _supervise(self) -> None:
+        """Wait for the sandbox to end, make sure nothing of it survives, compute the outcome."""
+        exit_code: int | None = None
+        try:
+            exit_code = self._exit_status()
+        finally:
+            self._kill_everything()
+            if self._reader is not None:
+                self._reader.join(10)
+            duration_ms = int(self._active_seconds() * 1000)
+            try:
+                peak_mb, cpu_ms = self._usage()
+            except OSError:
+                peak_mb, cpu_ms = None, None
+            outcome = self._decide(exit_code)
+            self._outcome = Outcome(
+                status=outcome.status,
+                exit_code=exit_code,
+                output=outcome.output,
+                error=outcome.error,
+                error_type=outcome.error_type,
+                duration_ms=duration_ms,
+                peak_memory_mb=peak_mb,
+                cpu_ms=cpu_ms,
+            )
+            with self._lock:
+                self._closing = True
+            try:
+                self._release()
+            finally:
+                self._finished.set()
+                with self._lock:
+                    self._lock.notify_all()
+                self._events.put(_END)
+
+    def _decide(self, exit_code: int | None) -> Outcome:
+        reason, terminal = self._reason, self._terminal
+        if terminal is not None:
+            if terminal.type == "error":
+                return Outcome(
+                    status=Status.FAILED,
+                    error=str(terminal.data.get("message") or "the agent failed"),
+                    error_type=terminal.data.get("error_type")
+                    if terminal.data.get("error_type") in AGENT_ERROR_TYPES
+                    else ErrorType.EXCEPTION,
+                )
+            output = terminal.data.get("output") if terminal.type == "result" else terminal.data
+            return Outcome(status=Status.COMPLETED, output=output)
+        if reason == Status.CANCELLED:
+            return Outcome(status=Status.CANCELLED, error="cancelled")
+        if reason == Status.TIMED_OUT:
+            return Outcome(
+                status=Status.TIMED_OUT,
+                error=f"timed out after {self.limits.timeout_seconds:g} s",
+            )
+        if reason == ErrorType.OUTPUT_LIMIT:
+            return Outcome(
+                status=Status.FAILED,
+                error=f"the run wrote more than {self.limits.max_output_bytes} bytes of output",
+                error_type=ErrorType.OUTPUT_LIMIT,
+            )
+        sig = signal_of(exit_code)
+        if self._oom_killed():
+            return Outcome(
+                status=Status.FAILED,
+                error=f"out of memory (limit {self.limits.memory_mb} MB)",
+                error_type=ErrorType.OOM_KILLED,
+            )
+        if sig == signal.SIGXCPU:
+            return Outcome(
+                status=Status.FAILED,
+                error="CPU time limit exceeded",
+                error_type=ErrorType.RESOURCE_LIMIT,
+            )
+        if sig == signal.SIGXFSZ:
+            return Outcome(
+                status=Status.FAILED,
+                error=f"file size limit exceeded ({self.limits.max_file_mb} MB)",
+                error_type=ErrorType.RESOURCE_LIMIT,
+            )
+        how = f"signal {signal.Signals(sig).name}" if sig else f"exit code {exit_code}"
+        detail = self._diagnostics().strip()
+        return Outcome(
+            status=Status.FAILED,
+            error=f"the sandbox ended ({how}) without a result" + (f": {detail}" if detail else ""),
+            error_type=ErrorType.SANDBOX_ERROR,
+        )
+
+    def _watch_clock(self) -> None:
+        limit = self.limits.timeout_seconds
+        with self._lock:
+            while not self._finished.is_set():
+                if self._paused:
+                    self._lock.wait()
+                    continue
+                left = limit - (self._active_s + time.monotonic() - self._since)
+                if left <= 0:
+                    break
+                self._lock.wait(left)
+            else:
+                return
+        self._stop(Status.TIMED_OUT)
+
+    # --- Run API ------------------------------------------------------------------------
+
+    def events(self) -> Iterator[Event]:
+        """Yield events as they happen (content_delta, tool_call, tool_result, log, checkpoint,
+        custom, non-fatal error); ends when the run has ended and every event was read."""
+        while True:
+            item = self._events.get()
+            if item is _END:
+                self._events.put(_END)  # a second reader also ends
+                return
+            yield item
+
+    def pause(self) -> None:
+        """Freeze every process of the run; the clock stops. No-op when paused or ended."""
+        with self._lock:
+            if self._paused or self._closing or self._reason is not None:
+                return
+            self._freeze()
+            self._active_s += time.monotonic() - self._since
+            self._paused = True
+            self._lock.notify_all()
+
+    def resume(self) -> None:
+        """Thaw every process of the run; the clock runs again. No-op unless paused."""
+        with self._lock:
+            if not self._paused:
+                return
+            if not self._closing:
+                self._thaw()
+            self._paused = False
+            self._since = time.monotonic()
+            self._lock.notify_all()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def kill(self) -> None:
+        """Kill the run; returns only when every process of it is gone (outcome: cancelled,
+        unless the run had already ended)."""
+        self._stop(Status.CANCELLED)
+        self._finished.wait()
+
+    def wait(self, timeout: float | None = None) -> Outcome:
+        """Wait for the end and return the outcome; events not yet read stay readable by
+        `events()`. Raises TimeoutError when `timeout` seconds pass first."""
+        if not self._finished.wait(timeout):
+            raise TimeoutError("the run is still going")
+        assert self._outcome is not None
+        return self._outcome

@@ -1,0 +1,435 @@
+"""AIMOS in-sandbox runner: imports an agent's entrypoint and speaks the event protocol.
+
+Standard library only; it runs inside the sandbox with the version's Python. Usage:
+
+    python -I runner.py <code_dir>   # one JSON request on stdin, JSON lines on stdout
+
+Request: {"mode": "run" | "inspect", "entrypoint": "pkg.module:function",
+          "payload": ..., "state": ..., "env": {NAME: value}}
+("env" is optional: variables set before the agent is imported; it travels on stdin so
+that secrets never appear in a command line.)
+
+Guarantees:
+- Only this runner writes the protocol. The real stdout is moved to a private fd first;
+  fd 1 and fd 2 become pipes whose lines turn into `log` events (source stdout/stderr),
+  so `print()` — also a subprocess's — can never forge a protocol event.
+- Every line is `{"type": ..., "data": {...}}`. The last one is terminal: `result`
+  ({"output"}), `error` ({"message", "exception", "traceback", "error_type"}) or, in
+  inspect mode, `inspection` ({"callable", "signature", "error", "traceback"}).
+- A process forked by the agent never writes the protocol (only the runner's own pid does).
+- Everything the agent printed is sent before the terminal message.
+
+`error_type` of an `error`: "oom_killed" for MemoryError; "resource_limit" for a limit of the
+sandbox (EAGAIN from fork or thread creation, EFBIG file too large, ENOSPC/EDQUOT, EMFILE);
+"sandbox_error" when the request itself is broken; otherwise "exception".
+
+`ctx`: delta(text), tool_call(name, args) -> call_id, tool_result(name, result, call_id=None),
+log(message, level="info"), checkpoint(state, label=None), emit(type, data) (types of the
+platform refused), state (the restored state, or None).
+
+Handlers: `handle(payload)` or `handle(payload, ctx)` (two positional parameters or
+*args), sync or `async def`, generator or async generator. A generator's yields become
+`content_delta` events: `str` as is, `bytes` decoded as UTF-8, `None` skipped, anything
+else as its JSON text (or `str()` when it is not JSON-serialisable). A generator's output
+is its `return` value, or when that is None the concatenation of everything it yielded.
+Values given to `ctx` and the returned output must be JSON-serialisable; otherwise the
+call raises TypeError (and a non-serialisable return value fails the run, saying so).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# First thing, before any import that might print: keep the real stdout for the protocol
+# (os.dup gives a non-inheritable fd) and put pipes under fd 1 and fd 2.
+_PROTOCOL_FD = os.dup(1)
+_OUT_READ, _out_write = os.pipe()
+_ERR_READ, _err_write = os.pipe()
+os.dup2(_out_write, 1)
+os.dup2(_err_write, 2)
+os.close(_out_write)
+os.close(_err_write)
+
+import errno  # noqa: E402
+import importlib  # noqa: E402
+import json  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import Awaitable  # noqa: E402
+from types import AsyncGeneratorType, GeneratorType  # noqa: E402
+
+# asyncio, inspect and traceback are imported only when needed: each costs tens of ms at start.
+CO_VARARGS = 0x04
+
+MAIN_PID = os.getpid()
+MAX_LOG_LINE = 16 * 1024  # longer lines are split so the runner's memory stays bounded
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# Types the platform owns (terminal messages, run lifecycle) or that have their own ctx method.
+RESERVED_TYPES = frozenset(
+    {
+        "result",
+        "error",
+        "inspection",
+        "log",
+        "checkpoint",
+        "content_delta",
+        "tool_call",
+        "tool_result",
+    }
+)
+
+
+class Protocol:
+    """Writes JSON lines on the private fd; one lock, only from the runner's own process."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def send(self, type_: str, data: dict) -> None:
+        line = (json.dumps({"type": type_, "data": data}, ensure_ascii=False) + "\n").encode()
+        if os.getpid() != MAIN_PID:
+            return
+        with self.lock:
+            if self.closed:
+                return
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self.fd, view) :]
+
+    def finish(self, type_: str, data: dict) -> None:
+        """Send the terminal message; nothing is written after it."""
+        self.send(type_, data)
+        with self.lock:
+            self.closed = True
+
+
+def encode_json(value, what: str) -> None:
+    """Raise a clear TypeError when `value` cannot travel as JSON."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{what} must be JSON-serialisable: {exc}") from None
+
+
+class LogPump:
+    """Turns the lines written on one of our pipes (fd 1 or 2) into `log` events."""
+
+    def __init__(self, protocol: Protocol, fd: int, source: str, level: str, marker: str):
+        self.protocol, self.fd, self.source, self.level = protocol, fd, source, level
+        self.marker = marker.encode()
+        self.drained = threading.Event()
+        self.thread = threading.Thread(target=self.pump, name=f"log-{source}", daemon=True)
+        self.thread.start()
+
+    def emit(self, raw: bytes) -> None:
+        message = raw.decode("utf-8", "replace").rstrip("\r")
+        self.protocol.send("log", {"level": self.level, "message": message, "source": self.source})
+
+    def pump(self) -> None:
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            pending += chunk
+            while True:
+                line, newline, rest = pending.partition(b"\n")
+                if not newline:
+                    break
+                pending = rest
+                if line.endswith(self.marker):
+                    if line[: -len(self.marker)]:
+                        self.emit(line[: -len(self.marker)])
+                    self.drained.set()
+                else:
+                    self.emit(line)
+            while len(pending) > MAX_LOG_LINE:
+                self.emit(pending[:MAX_LOG_LINE])
+                pending = pending[MAX_LOG_LINE:]
+        if pending:
+            self.emit(pending)
+        self.drained.set()
+
+
+class Context:
+    """The agent SDK (`ctx`): every method sends one event; values must be JSON-serialisable."""
+
+    def __init__(self, protocol: Protocol, state) -> None:
+        self._protocol = protocol
+        self._calls = 0
+        self._open_calls: dict[str, list[str]] = {}
+        self.state = state
+
+    def delta(self, text: str) -> None:
+        """Stream a piece of text (`content_delta`)."""
+        self._protocol.send("content_delta", {"content": str(text)})
+
+    def tool_call(self, name: str, args=None) -> str:
+        """Announce a tool call; returns its call_id."""
+        encode_json(args, "tool_call args")
+        self._calls += 1
+        call_id = f"call_{self._calls}"
+        self._open_calls.setdefault(name, []).append(call_id)
+        self._protocol.send("tool_call", {"call_id": call_id, "name": name, "args": args})
+        return call_id
+
+    def tool_result(self, name: str, result=None, call_id: str | None = None) -> None:
+        """Report a tool's result; without call_id it answers the latest open call of `name`."""
+        encode_json(result, "tool_result result")
+        open_calls = self._open_calls.get(name, [])
+        if call_id is None:
+            call_id = open_calls.pop() if open_calls else None
+        elif call_id in open_calls:
+            open_calls.remove(call_id)
+        self._protocol.send("tool_result", {"call_id": call_id, "name": name, "result": result})
+
+    def log(self, message, level: str = "info") -> None:
+        """A log line from the agent (source "agent"); level is debug, info, warning or error."""
+        if level not in LOG_LEVELS:
+            raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
+        self._protocol.send("log", {"level": level, "message": str(message), "source": "agent"})
+
+    def checkpoint(self, state, label: str | None = None) -> None:
+        """Save `state` (JSON) as a checkpoint; a restored run finds it in `ctx.state`."""
+        encode_json(state, "checkpoint state")
+        self._protocol.send("checkpoint", {"state": state, "label": label})
+
+    def emit(self, type: str, data: dict | None = None) -> None:  # noqa: A002 (SDK name)
+        """Send a custom event; the platform's own types are refused."""
+        if not isinstance(type, str) or not type or len(type) > 64 or type.startswith("run_"):
+            raise ValueError(f"invalid event type {type!r}")
+        if type in RESERVED_TYPES:
+            raise ValueError(f"event type {type!r} is reserved; use the ctx method for it")
+        data = {} if data is None else data
+        if not isinstance(data, dict):
+            raise TypeError("event data must be a dict")
+        encode_json(data, "event data")
+        self._protocol.send(type, data)
+
+
+def resolve(entrypoint: str):
+    """Import `pkg.module:function` (the attribute may be dotted) and return the object."""
+    module_name, sep, attr = entrypoint.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"entrypoint must look like 'package.module:function', not {entrypoint!r}")
+    obj = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def wants_ctx(fn) -> bool:
+    """True when `fn` takes a second positional argument (or *args): it gets `ctx`."""
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    if code is not None:  # a plain function or method: no need for the slow inspect module
+        bound = 1 if hasattr(fn, "__self__") else 0
+        return code.co_argcount - bound >= 2 or bool(code.co_flags & CO_VARARGS)
+    import inspect
+
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+def as_text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def call_handler(fn, payload, ctx: Context):
+    """Call the handler in whatever style it is written and return its output."""
+    result = fn(payload, ctx) if wants_ctx(fn) else fn(payload)
+    if isinstance(result, Awaitable):
+        import asyncio
+
+        result = asyncio.run(_awaited(result))
+    if isinstance(result, GeneratorType):
+        texts = []
+        while True:
+            try:
+                item = next(result)
+            except StopIteration as stop:
+                return stop.value if stop.value is not None else "".join(texts)
+            text = as_text(item)
+            if text is not None:
+                texts.append(text)
+                ctx.delta(text)
+    if isinstance(result, AsyncGeneratorType):
+        import asyncio
+
+        return asyncio.run(_drain_async(result, ctx))
+    return result
+
+
+async def _awaited(awaitable):
+    return await awaitable
+
+
+async def _drain_async(agen, ctx: Context) -> str:
+    texts = []
+    async for item in agen:
+        text = as_text(item)
+        if text is not None:
+            texts.append(text)
+            ctx.delta(text)
+    return "".join(texts)
+
+
+def error_type_of(exc: BaseException) -> str:
+    """exception, or oom_killed / resource_limit when a limit of the sandbox caused it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, MemoryError):
+            return "oom_killed"
+        if isinstance(exc, OSError) and exc.errno in (
+            errno.EAGAIN,
+            errno.EFBIG,
+            errno.ENOSPC,
+            errno.EDQUOT,
+            errno.EMFILE,
+            errno.ENFILE,
+        ):
+            # EAGAIN escaping a handler is fork/thread creation refused by the process limit.
+            return "resource_limit"
+        if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
+            return "resource_limit"
+        exc = exc.__cause__ or exc.__context__
+    return "exception"
+
+
+def format_traceback(exc: BaseException) -> str:
+    import traceback
+
+    return "".join(traceback.format_exception(exc))
+
+
+def describe(exc: BaseException) -> dict:
+    message = str(exc)
+    if isinstance(exc, SystemExit):
+        message = f"the agent called sys.exit({exc.code!r})"
+    return {
+        "message": f"{type(exc).__name__}: {message}" if message else type(exc).__name__,
+        "exception": type(exc).__name__,
+        "traceback": format_traceback(exc),
+        "error_type": error_type_of(exc),
+    }
+
+
+def run(request: dict, protocol: Protocol) -> tuple[str, dict]:
+    ctx = Context(protocol, request.get("state"))
+    try:
+        fn = resolve(request["entrypoint"])
+        output = call_handler(fn, request.get("payload"), ctx)
+        try:
+            json.dumps(output)
+        except (TypeError, ValueError) as exc:
+            return "error", {
+                "message": f"the return value must be JSON-serialisable: {exc}",
+                "exception": "TypeError",
+                "traceback": "",
+                "error_type": "exception",
+            }
+        return "result", {"output": output}
+    except BaseException as exc:  # noqa: BLE001 — the agent's failure is the run's result
+        if os.getpid() != MAIN_PID:
+            os._exit(1)
+        return "error", describe(exc)
+
+
+def inspect_entrypoint(entrypoint: str) -> tuple[str, dict]:
+    try:
+        obj = resolve(entrypoint)
+    except BaseException as exc:  # noqa: BLE001
+        if os.getpid() != MAIN_PID:
+            os._exit(1)
+        return "inspection", {
+            "callable": False,
+            "signature": None,
+            "error": describe(exc)["message"],
+            "traceback": format_traceback(exc),
+        }
+    signature = None
+    if callable(obj):
+        import inspect
+
+        try:
+            signature = str(inspect.signature(obj))
+        except (TypeError, ValueError):
+            pass
+    return "inspection", {
+        "callable": callable(obj),
+        "signature": signature,
+        "error": None if callable(obj) else f"{entrypoint} is not callable",
+        "traceback": None,
+    }
+
+
+def main() -> None:
+    protocol = Protocol(_PROTOCOL_FD)
+    marker = "\x00aimos-drained-" + os.urandom(16).hex()
+    pumps = [
+        LogPump(protocol, _OUT_READ, "stdout", "info", marker),
+        LogPump(protocol, _ERR_READ, "stderr", "error", marker),
+    ]
+    text = {"buffering": 1, "encoding": "utf-8", "errors": "backslashreplace", "closefd": False}
+    sys.stdout = open(1, "w", **text)  # noqa: SIM115
+    sys.stderr = open(2, "w", **text)  # noqa: SIM115
+    sys.stdin = open(os.devnull)  # noqa: SIM115 — the request was the whole stdin
+
+    try:
+        request = json.loads(_REQUEST)
+        for name, value in (request.get("env") or {}).items():
+            os.environ[str(name)] = str(value)
+        code_dir = sys.argv[1] if len(sys.argv) > 1 else os.getcwd()
+        sys.path.insert(0, code_dir)
+        os.chdir(code_dir)
+        if request.get("mode") == "inspect":
+            kind, data = inspect_entrypoint(request["entrypoint"])
+        else:
+            kind, data = run(request, protocol)
+    except BaseException as exc:  # noqa: BLE001
+        if os.getpid() != MAIN_PID:
+            os._exit(1)
+        kind, data = "error", describe(exc) | {"error_type": "sandbox_error"}
+
+    if os.getpid() != MAIN_PID:
+        # An agent's fork() returned here in the child: it never speaks for the run.
+        os._exit(0)
+    # Everything printed before this point becomes a log event before the terminal message.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    for fd in (1, 2):
+        try:
+            os.write(fd, (marker + "\n").encode())
+        except OSError:
+            pass
+    for pump in pumps:
+        pump.drained.wait(5)
+    protocol.finish(kind, data)
+    os._exit(0 if kind != "error" else 1)
+
+
+_REQUEST = sys.stdin.buffer.read() if sys.stdin is not None else b"{}"
+
+if __name__ == "__main__":
+    main()

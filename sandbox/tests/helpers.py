@@ -1,0 +1,118 @@
+"""Helpers of the sandbox tests: run an agent to its end, watch a run, find its processes."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandbox.base import Backend, Environment, Event, Limits, Outcome, Run
+from sandbox.confinement import pids_of_uid
+
+# Small limits so abuse ends fast; each test widens what it needs.
+TEST_LIMITS = Limits(
+    timeout_seconds=20,
+    memory_mb=256,
+    cpus=1.0,
+    pids=32,
+    max_output_bytes=256 * 1024,
+    max_file_mb=8,
+    max_open_files=128,
+    tmp_mb=16,
+)
+
+
+@dataclass
+class Recorded:
+    """Events of a run read in the background (so a test can watch them while it pauses)."""
+
+    run: Run
+    events: list[tuple[float, Event]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for event in self.run.events():
+            self.events.append((time.monotonic(), event))
+
+    def of_type(self, kind: str) -> list[Event]:
+        return [event for _, event in list(self.events) if event.type == kind]
+
+    def wait_for(self, kind: str, count: int = 1, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.of_type(kind)) < count:
+            assert time.monotonic() < deadline, f"no {count} {kind} events: {self.events}"
+            time.sleep(0.01)
+
+    def finish(self, timeout: float = 60) -> Outcome:
+        outcome = self.run.wait(timeout)
+        self.thread.join(10)
+        return outcome
+
+
+def run_agent(
+    backend: Backend,
+    env: Environment,
+    payload: Any = None,
+    *,
+    entrypoint: str = "agent.main:handle",
+    limits: Limits = TEST_LIMITS,
+    state: Any = None,
+    env_vars: dict[str, str] | None = None,
+    within: float | None = None,
+) -> tuple[list[Event], Outcome]:
+    """Run to the end; the outcome must come within `within` seconds (default: timeout + 15)."""
+    run = backend.start(env, entrypoint, payload, state=state, limits=limits, env_vars=env_vars)
+    events = list(run.events())
+    outcome = run.wait(within if within is not None else limits.timeout_seconds + 15)
+    return events, outcome
+
+
+def processes_with(token: str) -> list[int]:
+    """Processes on this host whose command line contains `token`."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as cmdline:
+                    if token.encode() in cmdline.read():
+                        found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def leftover_processes(run: Run) -> list[int]:
+    """Processes of a finished run still alive on this host (by uid or container cgroup)."""
+    uid = getattr(run, "uid", None)
+    if uid is not None:
+        return pids_of_uid(uid)
+    container_id = getattr(run, "container_id", None)
+    if container_id is None:
+        raise AssertionError(f"no way to find the processes of {run!r}")
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/cgroup") as cgroup:
+                    if container_id in cgroup.read():
+                        found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def log_messages(events: list[Event], source: str | None = None) -> list[str]:
+    return [
+        e.data["message"]
+        for e in events
+        if e.type == "log" and (source is None or e.data.get("source") == source)
+    ]
+
+
+def token() -> str:
+    return "aimos-test-" + os.urandom(6).hex()

@@ -1,0 +1,428 @@
+"""The docker backend on the real engine: images per version, containers that never linger,
+the offline base image. (The shared abuse and runner suites cover the docker backend too.)"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import ipaddress
+import textwrap
+import threading
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+from django.core.management import call_command
+
+from sandbox.base import BuildError, Limits, SandboxUnavailable, Status
+from sandbox.base_image import build_base_image
+from sandbox.docker_backend import LABEL_RUN, DockerBackend
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def engine() -> docker.DockerClient:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.skip(f"the Docker engine is not available ({exc}); run scripts/setup-system")
+    return client
+
+
+@pytest.fixture(scope="module")
+def docker_backend(engine: docker.DockerClient) -> DockerBackend:
+    from sandbox.backends import sandbox_config
+
+    backend = DockerBackend.from_config(sandbox_config())
+    backend.check()
+    return backend
+
+
+@pytest.fixture
+def make_env(docker_backend: DockerBackend, tmp_path: Path):
+    """Build a version from files {relative path: text}; its image is removed afterwards."""
+    made = []
+
+    def make(files: dict[str, str | bytes], manifest: dict | None = None, log=None):
+        source = tmp_path / f"src-{len(made)}"
+        for name, content in files.items():
+            path = source / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(textwrap.dedent(content))
+        key = f"test-{uuid.uuid4().hex[:12]}"
+        made.append(key)
+        return docker_backend.prepare(source, manifest or {}, key=key, log=log)
+
+    yield make
+    for key in made:
+        try:
+            docker_backend.client.images.remove(f"{docker_backend.agent_image}:{key}", force=True)
+        except docker.errors.ImageNotFound:
+            pass
+
+
+def tiny_wheel(name: str, version: str, module_source: str) -> tuple[str, bytes]:
+    """A pure-Python wheel with one module, built in memory (no network, no build tools)."""
+    dist_info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": module_source.encode(),
+        f"{dist_info}/METADATA": (
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
+        ),
+        f"{dist_info}/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: aimos-tests\n"
+            b"Root-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{dist_info}/RECORD,,")
+    files[f"{dist_info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+    return f"{name}-{version}-py3-none-any.whl", buffer.getvalue()
+
+
+def run_containers(engine: docker.DockerClient) -> list:
+    return engine.containers.list(all=True, filters={"label": LABEL_RUN})
+
+
+def test_prepare_installs_the_versions_requirements_into_its_own_image(make_env, docker_backend):
+    wheel_name, wheel = tiny_wheel("tinydep", "0.1", "VALUE = 42\n")
+    lines: list[str] = []
+    env = make_env(
+        {
+            "agent/__init__.py": "",
+            "agent/main.py": """
+                import tinydep
+                def handle(payload):
+                    return tinydep.VALUE + payload
+            """,
+            "requirements.txt": f"./wheels/{wheel_name}\n",
+            f"wheels/{wheel_name}": wheel,
+        },
+        {"requirements": "requirements.txt"},
+        log=lines.append,
+    )
+
+    outcome = docker_backend.start(env, "agent.main:handle", 1, limits=Limits()).wait(60)
+
+    assert outcome.status == Status.COMPLETED, outcome
+    assert outcome.output == 43
+    assert any("Successfully installed tinydep-0.1" in line for line in lines)
+
+
+def test_versions_do_not_share_code_or_dependencies(make_env, docker_backend):
+    wheel_name, wheel = tiny_wheel("tinydep", "0.1", "VALUE = 42\n")
+    with_dep = make_env(
+        {
+            "agent/main.py": "import tinydep\ndef handle(p):\n    return 'one'\n",
+            "requirements.txt": f"./{wheel_name}\n",
+            wheel_name: wheel,
+        }
+    )
+    without = make_env(
+        {
+            "agent/main.py": """
+                def handle(p):
+                    try:
+                        import tinydep
+                    except ImportError:
+                        return 'two, without tinydep'
+                    return 'two, with tinydep'
+            """
+        }
+    )
+
+    first = docker_backend.start(with_dep, "agent.main:handle", None, limits=Limits()).wait(60)
+    second = docker_backend.start(without, "agent.main:handle", None, limits=Limits()).wait(60)
+
+    assert (first.output, second.output) == ("one", "two, without tinydep")
+
+
+def test_a_failing_install_is_a_build_error_with_pips_output(make_env, docker_backend, engine):
+    with pytest.raises(BuildError) as caught:
+        make_env(
+            {
+                "agent/main.py": "def handle(p):\n    return p\n",
+                "requirements.txt": "./wheels/missing-1.0-py3-none-any.whl\n",
+            }
+        )
+
+    assert "missing-1.0-py3-none-any.whl" in str(caught.value)
+    tags = [tag for image in engine.images.list() for tag in image.tags]
+    assert not [tag for tag in tags if tag.startswith(f"{docker_backend.agent_image}:test-")]
+
+
+def test_remove_deletes_the_versions_image(make_env, docker_backend, engine):
+    env = make_env({"agent/main.py": "def handle(p):\n    return p\n"})
+    engine.images.get(env.location)
+
+    docker_backend.remove(env)
+
+    with pytest.raises(docker.errors.ImageNotFound):
+        engine.images.get(env.location)
+
+
+def test_inspect_reports_an_entrypoint_that_does_not_import(make_env, docker_backend):
+    env = make_env({"agent/main.py": "import not_installed_anywhere\n"})
+
+    inspection = docker_backend.inspect(env, "agent.main:handle")
+
+    assert not inspection.ok
+    assert "not_installed_anywhere" in (inspection.error or "")
+
+
+def test_the_container_exists_during_the_run_and_is_removed_after_it(
+    make_env, docker_backend, engine
+):
+    env = make_env(
+        {"agent/main.py": "import time\ndef handle(p):\n    time.sleep(p)\n    return 'ok'\n"}
+    )
+    before = {c.id for c in run_containers(engine)}
+
+    run = docker_backend.start(env, "agent.main:handle", 1.5, limits=Limits())
+    during = {c.id for c in run_containers(engine)} - before
+    outcome = run.wait(60)
+
+    assert outcome.status == Status.COMPLETED
+    assert len(during) == 1
+    assert not during & {c.id for c in run_containers(engine)}
+
+
+def test_kill_returns_once_the_container_is_gone(make_env, docker_backend, engine):
+    env = make_env({"agent/main.py": "import time\ndef handle(p):\n    time.sleep(600)\n"})
+    run = docker_backend.start(env, "agent.main:handle", None, limits=Limits())
+    (container,) = [c for c in run_containers(engine) if c.labels[LABEL_RUN]]
+
+    run.kill()
+
+    with pytest.raises(docker.errors.NotFound):
+        engine.containers.get(container.id)
+    assert run.wait(5).status == Status.CANCELLED
+
+
+def test_a_paused_run_is_frozen_by_the_engine_and_finishes_after_resume(
+    make_env, docker_backend, engine
+):
+    env = make_env(
+        {
+            "agent/main.py": """
+                import time
+                def handle(p, ctx):
+                    for i in range(4):
+                        ctx.delta(str(i))
+                        time.sleep(0.3)
+                    return 'done'
+            """
+        }
+    )
+    run = docker_backend.start(env, "agent.main:handle", None, limits=Limits(timeout_seconds=5))
+    events = run.events()
+    next(events)
+
+    run.pause()
+    (container,) = run_containers(engine)
+    state = engine.api.inspect_container(container.id)["State"]
+    time.sleep(6)  # longer than the timeout: paused time must not count
+    run.resume()
+    outcome = run.wait(30)
+
+    assert state["Paused"] is True
+    assert outcome.status == Status.COMPLETED
+    assert outcome.output == "done"
+
+
+def test_kill_of_a_paused_run_removes_its_container(make_env, docker_backend, engine):
+    env = make_env({"agent/main.py": "import time\ndef handle(p):\n    time.sleep(600)\n"})
+    run = docker_backend.start(env, "agent.main:handle", None, limits=Limits())
+    run.pause()
+
+    killer = threading.Thread(target=run.kill)
+    killer.start()
+    killer.join(30)
+
+    assert not killer.is_alive()
+    assert run.wait(5).status == Status.CANCELLED
+    assert not [c for c in run_containers(engine) if c.status != "removing"]
+
+
+def test_peak_memory_and_cpu_time_come_from_the_containers_cgroup(make_env, docker_backend):
+    env = make_env(
+        {
+            "agent/main.py": """
+                def handle(p):
+                    block = bytearray(100 * 1024 * 1024)
+                    for i in range(0, len(block), 4096):
+                        block[i] = 1
+                    total = 0
+                    for i in range(3_000_000):
+                        total += i
+                    return len(block)
+            """
+        }
+    )
+
+    outcome = docker_backend.start(
+        env, "agent.main:handle", None, limits=Limits(memory_mb=512)
+    ).wait(60)
+
+    assert outcome.status == Status.COMPLETED
+    assert outcome.peak_memory_mb is not None and outcome.peak_memory_mb >= 100
+    assert outcome.cpu_ms is not None and outcome.cpu_ms > 50
+
+
+def test_the_code_is_read_only_and_only_tmp_and_workspace_are_writable(make_env, docker_backend):
+    env = make_env(
+        {
+            "agent/main.py": """
+                import os
+                def handle(p):
+                    result = {"uid": os.getuid()}
+                    for path in ("/opt/aimos/agent/x", "/x", "/tmp/x", "/workspace/x"):
+                        try:
+                            with open(path, "w") as f:
+                                f.write("x")
+                            result[path] = "written"
+                        except OSError as exc:
+                            result[path] = exc.strerror
+                    return result
+            """
+        }
+    )
+
+    outcome = docker_backend.start(env, "agent.main:handle", None, limits=Limits()).wait(60)
+
+    assert outcome.output == {
+        "uid": 10001,
+        "/opt/aimos/agent/x": "Read-only file system",
+        "/x": "Read-only file system",
+        "/tmp/x": "written",
+        "/workspace/x": "written",
+    }
+
+
+def test_check_names_a_missing_base_image(engine):
+    backend = DockerBackend(base_image=f"aimos-missing-{uuid.uuid4().hex[:8]}:none")
+
+    with pytest.raises(SandboxUnavailable, match="build_base_image"):
+        backend.check()
+
+
+def test_check_names_an_unreachable_engine(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    backend = DockerBackend()
+
+    with pytest.raises(SandboxUnavailable, match="not reachable"):
+        backend.check()
+
+
+def test_build_base_image_does_nothing_when_the_image_exists(docker_backend, engine):
+    image_id = engine.images.get(docker_backend.base_image).id
+    out = io.StringIO()
+
+    call_command("build_base_image", tag=docker_backend.base_image, stdout=out)
+
+    assert "present" in out.getvalue()
+    assert engine.images.get(docker_backend.base_image).id == image_id
+
+
+def test_build_base_image_reimports_the_cached_rootfs(settings, engine):
+    tag = f"aimos-base-test:{uuid.uuid4().hex[:8]}"
+    try:
+        result = build_base_image(
+            tag,
+            var_dir=settings.VAR_DIR,
+            mirror=settings.AIMOS_DOCKER_DEBIAN_MIRROR,
+            say=lambda line: None,
+            client=engine,
+        )
+        output = engine.containers.run(
+            tag,
+            ["python3", "-c", "import os, sys; print(os.getuid(), sys.version_info[:2])"],
+            remove=True,
+            network_mode="none",
+        )
+    finally:
+        try:
+            engine.images.remove(tag)
+        except docker.errors.ImageNotFound:
+            pass
+
+    assert result.rootfs.exists()
+    assert result.action in {"imported", "bootstrapped"}
+    assert output.decode().strip() == "10001 (3, 11)"
+
+
+def test_a_run_has_only_loopback_and_cannot_reach_the_bridge_gateway(
+    make_env, docker_backend, engine
+):
+    config = engine.networks.get("bridge").attrs["IPAM"]["Config"][0]
+    # The engine omits the gateway when it is the default: the subnet's first address.
+    gateway = config.get("Gateway") or str(next(ipaddress.ip_network(config["Subnet"]).hosts()))
+    env = make_env(
+        {
+            "agent/main.py": """
+                import os, socket
+                def handle(gateway):
+                    result = {"interfaces": sorted(os.listdir("/sys/class/net"))}
+                    for port in (5432, 6379, 2375):
+                        try:
+                            socket.create_connection((gateway, port), timeout=2).close()
+                            result[port] = "connected"
+                        except OSError as exc:
+                            result[port] = "failed"
+                    return result
+            """
+        }
+    )
+
+    outcome = docker_backend.start(env, "agent.main:handle", gateway, limits=Limits()).wait(60)
+
+    assert outcome.output == {
+        "interfaces": ["lo"],
+        "5432": "failed",
+        "6379": "failed",
+        "2375": "failed",
+    }
+
+
+def test_variables_reach_the_agent_but_not_the_containers_config(make_env, docker_backend, engine):
+    env = make_env(
+        {
+            "agent/main.py": """
+                import os, time
+                def handle(p, ctx):
+                    ctx.delta("ready")
+                    time.sleep(1)
+                    return [os.environ.get("LOG_LEVEL"), os.environ.get("API_TOKEN")]
+            """
+        },
+        {"env": {"LOG_LEVEL": "debug"}},
+    )
+    run = docker_backend.start(
+        env, "agent.main:handle", None, limits=Limits(), env_vars={"API_TOKEN": "tok-s3cret"}
+    )
+    next(run.events())
+    (container,) = run_containers(engine)
+    config = engine.api.inspect_container(container.id)["Config"]
+
+    outcome = run.wait(60)
+
+    assert outcome.output == ["debug", "tok-s3cret"]
+    assert "tok-s3cret" not in repr(config)
+    assert not any(line.startswith(("API_TOKEN=", "LOG_LEVEL=")) for line in config["Env"])
