@@ -8,6 +8,7 @@ execution goes through the model's transition methods, and every event goes thro
 from __future__ import annotations
 
 import logging
+import math
 import time
 from datetime import timedelta
 from typing import Any
@@ -15,10 +16,12 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Avg
 from django.utils import timezone
 
 from agents.models import Agent, AgentVersion
 from agents.services import access_version
+from aimos import feed
 from aimos.errors import Conflict, NotFound, ServiceError
 from executions.choices import TERMINAL_EVENTS, Control, ErrorType, ExecutionStatus
 from executions.models import Batch, Checkpoint, Execution, ExecutionEvent
@@ -26,6 +29,7 @@ from executions.models import Batch, Checkpoint, Execution, ExecutionEvent
 logger = logging.getLogger(__name__)
 
 CONTROL_KEY = "aimos:control:{}"
+REQUEUED_MESSAGE = "The worker stopped before the agent started; queued again"
 
 
 # --- Access ------------------------------------------------------------------------------------
@@ -108,6 +112,18 @@ def start_execution(
     )
     if enqueue:
         transaction.on_commit(lambda: enqueue_run(execution.pk))
+    if batch is None:  # a batch announces itself once, in start_batch
+        feed.notify(
+            user.pk,
+            "execution_started",
+            {
+                "execution_id": str(execution.pk),
+                "agent_id": str(agent.pk),
+                "agent_name": agent.name,
+                "agent_count": 1,
+                "parallel": False,
+            },
+        )
     return execution
 
 
@@ -180,15 +196,16 @@ def record_events(execution_id, items: list[tuple[str, dict]]) -> list[Execution
         Checkpoint.objects.bulk_create(checkpoints)
         ExecutionEvent.objects.bulk_create(rows)
         Execution.objects.filter(pk=execution.pk).update(last_seq=seq)
-        user_id = execution.user_id
-        transaction.on_commit(
-            lambda: publish(user_id, execution.pk, [row.as_message() for row in rows])
-        )
+        transaction.on_commit(lambda: publish(execution.pk, [row.as_message() for row in rows]))
     return rows
 
 
-def publish(user_id, execution_id, messages: list[dict]) -> None:
-    """Send events to the channel-layer groups of the execution and of its owner."""
+def publish(execution_id, messages: list[dict]) -> None:
+    """Send events to the channel-layer group of the execution, as one message.
+
+    Not to the owner's group: the user feed (`aimos.feed`) carries lifecycle messages only,
+    and every delta there would fill the buffers of feed sockets, which then drop messages.
+    """
     from asgiref.sync import async_to_sync
     from channels.layers import get_channel_layer
 
@@ -197,12 +214,8 @@ def publish(user_id, execution_id, messages: list[dict]) -> None:
         return
     payload = {"type": "execution.events", "events": messages}
 
-    async def send() -> None:
-        await layer.group_send(f"execution.{execution_id}", payload)
-        await layer.group_send(f"user.{user_id}", payload)
-
     try:
-        async_to_sync(send)()
+        async_to_sync(layer.group_send)(f"execution.{execution_id}", payload)
     except Exception:  # live delivery is best effort: the log in the database is the record
         logger.exception("could not publish events of execution %s", execution_id)
 
@@ -257,7 +270,46 @@ def finish(
             data = {"reason": reason}
         record_events(execution.pk, [(TERMINAL_EVENTS[status], data)])
         _log_outcome(execution, status, reason, error_type)
+        _notify_finished(execution, status, duration_ms)
     return True
+
+
+def _notify_finished(execution: Execution, status: str, duration_ms: int | None) -> None:
+    """Tell the user's feed that a run ended; a batch's last run also ends the batch.
+
+    The batch row is locked first, so of two runs of a batch ending at once, the one that
+    takes the lock second sees the other's end committed: exactly one announces the batch.
+    """
+    run = {
+        "agent_id": str(execution.agent_id),
+        "agent_name": execution.agent.name,
+        "status": status,
+        "duration_ms": duration_ms,
+    }
+    if execution.batch_id is None:
+        feed.notify(
+            execution.user_id, "execution_completed", {"execution_id": str(execution.pk), **run}
+        )
+        return
+    batch = Batch.objects.select_for_update().get(pk=execution.batch_id)
+    feed.notify(
+        execution.user_id,
+        "agent_completed",
+        {"execution_id": str(batch.pk), "run_id": str(execution.pk), **run},
+    )
+    summary = batch_summary(batch)
+    if summary["finished"]:
+        feed.notify(
+            execution.user_id,
+            "execution_completed",
+            {
+                "execution_id": str(batch.pk),
+                "total_agents": summary["total"],
+                "successful": summary["completed"],
+                "failed": summary["failed"],
+                "success_rate": summary["success_rate"],
+            },
+        )
 
 
 def _log_outcome(execution: Execution, status: str, reason: str, error_type: str) -> None:
@@ -417,6 +469,9 @@ def start_batch(
 ) -> Batch:
     """Run several agents: all at once (as many as there are workers), or one after another."""
     agents = Agent.objects.for_user(user).select_related("current_version")
+    if not agent_ids:
+        # "Every ready agent" means the caller's own, for an admin too.
+        agents = agents.filter(owner=user)
     if agent_ids:
         wanted = {str(agent_id) for agent_id in agent_ids}
         found = {str(agent.pk): agent for agent in agents.filter(pk__in=wanted)}
@@ -447,6 +502,16 @@ def start_batch(
         ]
         ids = [execution.pk for execution in executions]
         transaction.on_commit(lambda: _enqueue_batch(ids, parallel))
+        feed.notify(
+            user.pk,
+            "execution_started",
+            {
+                "execution_id": str(batch.pk),
+                "agent_count": len(executions),
+                "parallel": parallel,
+                "agent_ids": [str(agent.pk) for agent in chosen],
+            },
+        )
     return batch
 
 
@@ -476,6 +541,30 @@ def batch_summary(batch: Batch) -> dict:
     }
 
 
+def estimated_duration(batch: Batch) -> int:
+    """Seconds the batch should take: per run, the average duration of its agent's completed
+    runs (its timeout when the agent has none yet); the longest of them when the batch runs in
+    parallel, their sum when one after another."""
+    runs = list(batch.executions.values_list("agent_id", "timeout_seconds"))
+    if not runs:
+        return 0
+    averages = dict(
+        Execution.objects.filter(
+            agent_id__in={agent_id for agent_id, _ in runs},
+            status=ExecutionStatus.COMPLETED,
+            duration_ms__isnull=False,
+        )
+        .order_by()
+        .values("agent_id")
+        .annotate(average=Avg("duration_ms"))
+        .values_list("agent_id", "average")
+    )
+    seconds = [
+        averages[agent_id] / 1000 if agent_id in averages else timeout for agent_id, timeout in runs
+    ]
+    return max(1, math.ceil(max(seconds) if batch.parallel else sum(seconds)))
+
+
 # --- Lost runs ---------------------------------------------------------------------------------
 
 
@@ -498,7 +587,7 @@ def sweep_lost_runs() -> dict:
                                 "log",
                                 {
                                     "level": "warning",
-                                    "message": "The worker stopped before the agent started; queued again",
+                                    "message": REQUEUED_MESSAGE,
                                     "source": "platform",
                                 },
                             )
@@ -542,9 +631,6 @@ def _kill_orphan(execution: Execution) -> None:
     from sandbox import get_backend
 
     try:
-        backend = get_backend(execution.version.sandbox_backend or None)
-        kill_run = getattr(backend, "kill_run", None)
-        if kill_run is not None:
-            kill_run(str(execution.pk))
+        get_backend(execution.version.sandbox_backend or None).kill_run(str(execution.pk))
     except Exception:  # the run is recorded as lost either way
         logger.exception("could not clean the sandbox of lost execution %s", execution.pk)

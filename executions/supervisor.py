@@ -150,6 +150,7 @@ class Supervisor:
             state=execution.initial_state,
             limits=limits,
             env_vars={str(k): str(v) for k, v in (execution.env or {}).items()},
+            run_id=str(execution.pk),
         )
 
     def _record_outcome(self, execution: Execution, outcome) -> str:

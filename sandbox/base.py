@@ -135,9 +135,14 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def prepare(
-        self, source_dir: Path, manifest: dict[str, Any], *, key: str, log: LogSink | None = None
+        self,
+        source_dir: Path,
+        manifest: dict[str, Any],
+        *,
+        key: str,
+        log: LogSink | None = None,
     ) -> Environment:
-        """Build the environment of a version (requirements installed; network allowed here only)."""
+        """Build the environment of a version (requirements installed; network only here)."""
 
     @abc.abstractmethod
     def inspect(self, env: Environment, entrypoint: str) -> Inspection:
@@ -153,8 +158,16 @@ class Backend(abc.ABC):
         state: Any = None,
         limits: Limits,
         env_vars: dict[str, str] | None = None,
+        run_id: str | None = None,
     ) -> Run:
-        """Start a run of `entrypoint` with `payload` (and restored `state`)."""
+        """Start a run of `entrypoint` with `payload` (and restored `state`). `run_id` names
+        the run for `kill_run`."""
+
+    def kill_run(self, run_id: str) -> None:
+        """Kill what is left of a run whose supervisor died (its worker was killed).
+
+        Backends whose sandboxes die with the process that started them need do nothing."""
+        return None
 
     @abc.abstractmethod
     def remove(self, env: Environment) -> None:

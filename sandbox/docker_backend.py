@@ -263,17 +263,29 @@ class DockerBackend(Backend):
         state: Any = None,
         limits: Limits,
         env_vars: dict[str, str] | None = None,
+        run_id: str | None = None,
     ) -> Run:
         """Start a container for one run. The manifest's `env` and `env_vars` reach the agent
         through the runner's stdin (not the container's config, so `docker inspect` does not
         show them); nothing of this host's environment does."""
         variables = {**(env.manifest.get("env") or {}), **(env_vars or {})}
         request = encode_request("run", entrypoint, payload, state=state, env=variables)
-        return self._launch(env, request, limits)
+        return self._launch(env, request, limits, run_id=run_id)
 
-    def _launch(self, env: Environment, request: bytes, limits: Limits) -> DockerRun:
+    def kill_run(self, run_id: str) -> None:
+        """Remove the containers of `run_id` (a run whose worker died keeps its container)."""
         api = self.client.api
-        run_id = uuid.uuid4().hex
+        for container in api.containers(all=True, filters={"label": f"{LABEL_RUN}={run_id}"}):
+            try:
+                api.remove_container(container["Id"], force=True)
+            except docker.errors.NotFound:
+                pass
+
+    def _launch(
+        self, env: Environment, request: bytes, limits: Limits, *, run_id: str | None = None
+    ) -> DockerRun:
+        api = self.client.api
+        run_id = run_id or uuid.uuid4().hex
         host_config = api.create_host_config(
             network_mode="bridge" if limits.network else "none",
             mem_limit=limits.memory_mb * _MiB,
@@ -309,7 +321,7 @@ class DockerBackend(Backend):
                 stdin_open=True,
                 network_disabled=not limits.network,
                 labels={LABEL_RUN: run_id, LABEL_ENV: env.key},
-                name=f"aimos-run-{run_id}",
+                name=f"aimos-run-{run_id}-{uuid.uuid4().hex[:8]}",
                 host_config=host_config,
             )
         except docker.errors.ImageNotFound as exc:

@@ -427,9 +427,12 @@ class ProcessBackend(Backend):
         state: Any = None,
         limits: Limits,
         env_vars: dict[str, str] | None = None,
+        run_id: str | None = None,
     ) -> Run:
         """Start a run. The manifest's `env` and `env_vars` reach the agent through the
-        runner's stdin (never a command line); nothing else of this host's environment does."""
+        runner's stdin (never a command line); nothing else of this host's environment does.
+        Its sandbox dies with the process that started it (`--die-with-parent` and the PID
+        namespace), so `kill_run` has nothing to do."""
         variables = {**(env.manifest.get("env") or {}), **(env_vars or {})}
         request = encode_request("run", entrypoint, payload, state=state, env=variables)
         return self._start(env, request, limits)
