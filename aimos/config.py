@@ -87,3 +87,11 @@ def rate(name: str, default: str) -> str:
             f"{name} must look like 100/min (per s, min, hour or day), got {value!r}"
         )
     return value
+
+
+def integers(name: str, default: str) -> list[int]:
+    """A comma-separated list of non-negative integers, such as `10,60,300`."""
+    items = csv(name, default)
+    if not all(item.isdigit() for item in items):
+        raise ImproperlyConfigured(f"{name} must be comma-separated whole numbers, got {items!r}")
+    return [int(item) for item in items]

@@ -71,6 +71,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_rq",
     "channels",
+    "aimos",
     "accounts",
     "agents",
     "executions",
@@ -78,6 +79,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: times the whole request and puts X-Request-ID on every response.
+    "aimos.request_log.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
@@ -229,6 +232,12 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     "PREPROCESSING_HOOKS": ["aimos.schema.only_canonical_paths"],
+    # Several models have a `status`: each choice set gets its own component name.
+    "ENUM_NAME_OVERRIDES": {
+        "AgentStatusEnum": "agents.choices.AgentStatus",
+        "VersionStatusEnum": "agents.choices.VersionStatus",
+        "ExecutionStatusEnum": "executions.choices.ExecutionStatus",
+    },
     "COMPONENT_SPLIT_REQUEST": True,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -253,7 +262,10 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 MEDIA_ROOT = VAR_DIR / "media"
 
-LOGIN_URL = "/admin/login/"
+# The dashboard's own login (the admin keeps /admin/login/).
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "overview"
+LOGOUT_REDIRECT_URL = "login"
 
 # --- Security (production-like unless DEBUG) ---------------------------------------------------
 
@@ -329,3 +341,25 @@ AIMOS_MAX_PAUSE_SECONDS = env.integer("AIMOS_MAX_PAUSE_SECONDS", 3600, minimum=1
 AIMOS_MAX_WAIT_SECONDS = env.integer("AIMOS_MAX_WAIT_SECONDS", 300, minimum=0)
 # Seconds between two SSE heartbeat comments while a stream is idle.
 AIMOS_SSE_HEARTBEAT_SECONDS = env.number("AIMOS_SSE_HEARTBEAT_SECONDS", 15.0, minimum=0.1)
+# Seconds between two `metrics_update` messages of the user feed (sent by the maintenance job,
+# so at most every AIMOS_MAINTENANCE_INTERVAL seconds as well).
+AIMOS_METRICS_INTERVAL = env.integer("AIMOS_METRICS_INTERVAL", 60, minimum=1)
+
+# --- System: status, metrics samples, Prometheus ------------------------------------------------
+
+# When set, GET /metrics wants `Authorization: Bearer <token>` (the /api/v1 path always wants
+# the usual API credentials).
+AIMOS_METRICS_TOKEN = env.string("AIMOS_METRICS_TOKEN")
+# How long host metrics samples are kept, in hours.
+AIMOS_METRICS_RETENTION_HOURS = env.integer("AIMOS_METRICS_RETENTION_HOURS", 168, minimum=1)
+# Seconds between two samples (taken by the maintenance job, so at most every
+# AIMOS_MAINTENANCE_INTERVAL seconds as well).
+AIMOS_METRICS_SAMPLE_SECONDS = env.integer("AIMOS_METRICS_SAMPLE_SECONDS", 60, minimum=1)
+
+# --- Webhooks -------------------------------------------------------------------------------------
+
+# Deliver to loopback/private addresses (local development and tests with a local receiver only).
+AIMOS_WEBHOOK_ALLOW_PRIVATE = env.boolean("AIMOS_WEBHOOK_ALLOW_PRIVATE", False)
+# Seconds to wait before each retry of a failed delivery (comma-separated; their count = retries).
+AIMOS_WEBHOOK_RETRY_DELAYS = env.integers("AIMOS_WEBHOOK_RETRY_DELAYS", "10,60,300,1800,7200")
+AIMOS_WEBHOOK_TIMEOUT_SECONDS = env.number("AIMOS_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1)

@@ -19,3 +19,14 @@ def run_job_failed(job, connection, exc_type, exc_value, tb) -> None:
             reason=f"The run's job failed: {exc_type.__name__}: {exc_value}".rstrip(": "),
             error_type="lost" if exc_type.__name__ == "AbandonedJobError" else "sandbox_error",
         )
+
+
+def deliver_webhook(delivery_id: str) -> bool:
+    """One delivery attempt; RQ retries it (with the configured delays) while it fails."""
+    from rq import get_current_job
+
+    from executions import webhooks
+
+    job = get_current_job()
+    final = job is None or not job.retries_left
+    return webhooks.deliver(delivery_id, final=final)
