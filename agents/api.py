@@ -39,6 +39,14 @@ class AgentSerializer(serializers.ModelSerializer):
     tags = serializers.ListField(
         child=serializers.CharField(max_length=32), required=False, max_length=20
     )
+    total_executions = serializers.IntegerField(read_only=True)
+    successful_executions = serializers.IntegerField(read_only=True)
+    success_rate = serializers.FloatField(
+        read_only=True, help_text="Percent of the runs that completed (0.0 before any run)."
+    )
+    last_execution = serializers.DateTimeField(
+        read_only=True, allow_null=True, help_text="When the newest run was created."
+    )
 
     class Meta:
         model = Agent
@@ -52,6 +60,10 @@ class AgentSerializer(serializers.ModelSerializer):
             "user_id",
             "current_version_id",
             "current_version",
+            "total_executions",
+            "successful_executions",
+            "success_rate",
+            "last_execution",
             "created_at",
             "updated_at",
         ]
@@ -120,6 +132,7 @@ class AgentLogSerializer(serializers.ModelSerializer):
 
 
 AGENT_ID = OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH)
+AGENT_PK = OpenApiParameter("agent_pk", OpenApiTypes.UUID, OpenApiParameter.PATH)
 VERSION_NUMBER = OpenApiParameter(
     "number", OpenApiTypes.STR, OpenApiParameter.PATH, description="1, 2, … or v1, v2, …"
 )
@@ -155,7 +168,11 @@ class AgentViewSet(viewsets.ModelViewSet):
     serializer_class = AgentSerializer
 
     def get_queryset(self):
-        agents = Agent.objects.for_user(self.request.user).select_related("current_version")
+        agents = (
+            Agent.objects.for_user(self.request.user)
+            .select_related("current_version")
+            .with_execution_stats()
+        )
         params = self.request.query_params
         if params.get("status"):
             wanted = {"active": AgentStatus.READY, "inactive": AgentStatus.DRAFT}.get(
@@ -172,7 +189,7 @@ class AgentViewSet(viewsets.ModelViewSet):
         return agents.order_by("-created_at")
 
     def get_object(self):
-        return services.access_agent(self.request.user, self.kwargs["pk"])
+        return services.access_agent(self.request.user, self.kwargs["pk"], with_stats=True)
 
     def perform_create(self, serializer):
         data = dict(serializer.validated_data)
@@ -182,7 +199,8 @@ class AgentViewSet(viewsets.ModelViewSet):
                 code="validation_error",
                 errors=[{"field": "status", "message": "Cannot be set when creating an agent."}],
             )
-        serializer.instance = services.create_agent(self.request.user, **data)
+        agent = services.create_agent(self.request.user, **data)
+        serializer.instance = services.access_agent(self.request.user, agent.pk, with_stats=True)
 
     def perform_update(self, serializer):
         serializer.instance = services.update_agent(
@@ -230,7 +248,7 @@ class VersionViewSet(viewsets.GenericViewSet):
         return services.access_version(self.agent(), self.kwargs["number"])
 
     @extend_schema(
-        parameters=[AGENT_ID],
+        parameters=[AGENT_PK],
         responses={200: AgentVersionSerializer(many=True), **errors(401, 404)},
     )
     def list(self, request, agent_pk=None):
@@ -238,7 +256,7 @@ class VersionViewSet(viewsets.GenericViewSet):
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
     @extend_schema(
-        parameters=[AGENT_ID],
+        parameters=[AGENT_PK],
         request={"multipart/form-data": UploadSerializer},
         responses={201: AgentVersionSerializer, **errors(400, 401, 404, 409, 413)},
     )
@@ -248,14 +266,14 @@ class VersionViewSet(viewsets.GenericViewSet):
         return Response(self.get_serializer(version).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
-        parameters=[AGENT_ID, VERSION_NUMBER],
+        parameters=[AGENT_PK, VERSION_NUMBER],
         responses={200: AgentVersionSerializer, **errors(401, 404)},
     )
     def retrieve(self, request, agent_pk=None, number=None):
         return Response(self.get_serializer(self.get_object()).data)
 
     @extend_schema(
-        parameters=[AGENT_ID, VERSION_NUMBER],
+        parameters=[AGENT_PK, VERSION_NUMBER],
         request=None,
         responses={202: AgentVersionSerializer, **errors(401, 404, 409)},
     )
@@ -266,7 +284,7 @@ class VersionViewSet(viewsets.GenericViewSet):
         return Response(self.get_serializer(version).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
-        parameters=[AGENT_ID, VERSION_NUMBER],
+        parameters=[AGENT_PK, VERSION_NUMBER],
         responses={(200, "application/gzip"): OpenApiTypes.BINARY, **errors(401, 404)},
     )
     @action(detail=True, methods=["get"])

@@ -5,9 +5,11 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from agents.choices import AgentStatus, LogLevel, LogSource, VersionStatus
+from executions.choices import ExecutionStatus
 
 
 class OwnedQuerySet(models.QuerySet):
@@ -23,6 +25,20 @@ class AgentQuerySet(OwnedQuerySet):
         # Tags are stored as a JSON list of slugs; matching the quoted slug in its text form
         # works the same on PostgreSQL and SQLite.
         return self.filter(tags__icontains=f'"{tag.lower()}"')
+
+    def with_execution_stats(self):
+        """Annotate each agent with `total_executions`, `successful_executions` and
+        `last_execution` (when its newest run was created), in the same query.
+
+        The one rule for these numbers: the API's list and detail both read them from here.
+        """
+        return self.annotate(
+            total_executions=Count("executions"),
+            successful_executions=Count(
+                "executions", filter=Q(executions__status=ExecutionStatus.COMPLETED)
+            ),
+            last_execution=Max("executions__created_at"),
+        )
 
 
 class Agent(models.Model):
@@ -56,6 +72,13 @@ class Agent(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def success_rate(self) -> float:
+        """Percent of the agent's runs that completed, one decimal (0.0 before any run).
+        Reads the numbers `AgentQuerySet.with_execution_stats` annotates."""
+        total = self.total_executions
+        return round(100.0 * self.successful_executions / total, 1) if total else 0.0
 
     @property
     def is_runnable(self) -> bool:

@@ -9,6 +9,8 @@ from django.urls import include, path
 
 from agents import api as agents_api
 from aimos.routers import route
+from executions import compat as runs
+from executions.api import ExecutionViewSet
 
 ID = r"(?P<{}>[^/.]+)"
 
@@ -23,6 +25,63 @@ api_aliases = [
         "logs/" + ID.format("pk"),
         agents_api.AgentViewSet.as_view({"get": "logs"}),
         "compat-agent-logs",
+    ),
+    route(
+        "logs/executions/" + ID.format("pk") + "/logs",
+        ExecutionViewSet.as_view({"get": "logs"}),
+        "compat-execution-logs",
+    ),
+    # Oasis: workflows are executions.
+    route("workflow/execute", runs.WorkflowViewSet.as_view({"post": "execute"}), "compat-workflow"),
+    route(
+        "workflow/active",
+        runs.WorkflowViewSet.as_view({"get": "active"}),
+        "compat-workflow-active",
+    ),
+    route(
+        "workflow/" + ID.format("pk") + "/status",
+        runs.WorkflowViewSet.as_view({"get": "workflow_status"}),
+        "compat-workflow-status",
+    ),
+    route(
+        "workflow/" + ID.format("pk"),
+        runs.WorkflowViewSet.as_view({"delete": "cancel"}),
+        "compat-workflow-cancel",
+    ),
+    # Agio: runs are executions.
+    *[
+        route(
+            "runs/" + ID.format("pk") + f"/{control}",
+            ExecutionViewSet.as_view({"post": control}),
+            f"compat-run-{control}",
+        )
+        for control in ("pause", "resume", "cancel")
+    ],
+    route(
+        "checkpoints/runs/" + ID.format("pk") + "/checkpoints",
+        ExecutionViewSet.as_view({"get": "checkpoints"}),
+        "compat-run-checkpoints",
+    ),
+    # Anymind: the runtime, answering with its execution shape.
+    route(
+        "runtime/executions",
+        runs.RuntimeExecutionViewSet.as_view({"get": "list"}),
+        "compat-runtime-list",
+    ),
+    route(
+        "runtime/executions/" + ID.format("pk"),
+        runs.RuntimeExecutionViewSet.as_view({"get": "retrieve"}),
+        "compat-runtime-detail",
+    ),
+    route(
+        "runtime/executions/" + ID.format("pk") + "/cancel",
+        runs.RuntimeExecutionViewSet.as_view({"post": "cancel"}),
+        "compat-runtime-cancel",
+    ),
+    route(
+        "runtime/" + ID.format("agent_pk") + "/execute",
+        runs.RuntimeExecutionViewSet.as_view({"post": "run_agent"}),
+        "compat-runtime-execute",
     ),
 ]
 

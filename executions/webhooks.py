@@ -351,3 +351,21 @@ def redeliver(delivery) -> None:
     """Send an event again (a new series of attempts, same id and payload)."""
     delivery.reset()
     enqueue_delivery(delivery.pk)
+
+
+def event_for(kind: str, data: dict) -> str | None:
+    """The webhook event of a user-feed message (`aimos.feed`), or None when there is none."""
+    status = data.get("status")
+    if kind == "agent_created":
+        return "agent.created"
+    if kind == "build_started":
+        return "build.started"
+    if kind == "build_completed":
+        return "build.completed" if status == "ready" else "build.failed"
+    if kind == "execution_started" and "agent_ids" not in data:
+        return "execution.started"
+    if kind == "execution_completed" and "total_agents" in data:
+        return "batch.completed"
+    if kind in ("execution_completed", "agent_completed") and status:
+        return "execution.completed" if status == "completed" else f"execution.{status}"
+    return None

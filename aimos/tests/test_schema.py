@@ -38,6 +38,10 @@ def test_the_schema_generates_without_warnings_and_validates(tmp_path):
     assert "/api/v1/auth/login" in paths
     assert "/api/v1/api-keys/{id}" in paths
     assert [path for path in paths if not path.startswith("/api/v1/")] == []
+    assert "/api/v1/executions/{id}/events" in paths
+    assert "/api/v1/checkpoints/{id}/fork" in paths
+    aliases = ("/workflow/", "/runs/", "/runtime/", "/logs/", "/uploads/", "/checkpoints/runs/")
+    assert [path for path in paths if any(alias in path for alias in aliases)] == []
 
 
 @pytest.mark.django_db

@@ -29,7 +29,10 @@ def evaluate(node):
 
 
 def handle(payload, ctx):
-    expression = (payload or {}).get("expression", "6 * 7") if isinstance(payload, dict) else str(payload)
+    if isinstance(payload, dict):
+        expression = payload.get("expression", "6 * 7")
+    else:
+        expression = str(payload)
     call_id = ctx.tool_call("calculator", {"expression": expression})
     result = evaluate(ast.parse(expression, mode="eval"))
     ctx.tool_result("calculator", {"value": result}, call_id=call_id)
