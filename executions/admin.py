@@ -10,8 +10,15 @@ from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 
 from aimos.errors import ServiceError
-from executions import services
-from executions.models import Batch, Checkpoint, Execution, ExecutionEvent
+from executions import services, webhooks
+from executions.models import (
+    Batch,
+    Checkpoint,
+    Execution,
+    ExecutionEvent,
+    Webhook,
+    WebhookDelivery,
+)
 
 RECENT_EVENTS = 200
 
@@ -214,3 +221,43 @@ class ExecutionEventAdmin(ReadOnlyAdmin):
     list_select_related = ["execution"]
     # The event table grows fastest of all: no full count on every page.
     show_full_result_count = False
+
+
+class DeliveryInline(ReadOnlyInline):
+    model = WebhookDelivery
+    fields = ["id", "event", "status", "attempts", "response_status", "error", "created_at"]
+    readonly_fields = fields
+    ordering = ["-created_at"]
+    show_change_link = True
+
+
+@admin.register(Webhook)
+class WebhookAdmin(admin.ModelAdmin):
+    list_display = ["url", "user", "events", "is_active", "created_at"]
+    list_filter = ["is_active"]
+    search_fields = ["url", "description", "user__username"]
+    date_hierarchy = "created_at"
+    list_select_related = ["user"]
+    # The signing secret is never shown.
+    fields = ["id", "user", "url", "events", "description", "is_active", "created_at"]
+    readonly_fields = ["id", "user", "created_at"]
+    inlines = [DeliveryInline]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnlyAdmin):
+    list_display = ["id", "webhook", "event", "status", "attempts", "response_status", "created_at"]
+    list_filter = ["status", "event"]
+    search_fields = ["id", "webhook__url"]
+    date_hierarchy = "created_at"
+    list_select_related = ["webhook"]
+    actions = ["redeliver"]
+
+    @admin.action(description="Redeliver the selected deliveries")
+    def redeliver(self, request, queryset):
+        for delivery in queryset:
+            webhooks.redeliver(delivery)
+        self.message_user(request, f"Queued {queryset.count()} redelivery(ies).", messages.SUCCESS)
