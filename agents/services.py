@@ -22,6 +22,7 @@ from agents.archive import extract_archive
 from agents.choices import AgentStatus, LogLevel, LogSource, VersionStatus
 from agents.manifest import load_manifest
 from agents.models import Agent, AgentLog, AgentVersion
+from aimos import feed
 from aimos.errors import Conflict, NotFound, ServiceError
 
 logger = logging.getLogger(__name__)
@@ -35,12 +36,43 @@ class PayloadTooLarge(ServiceError):
 # --- Access ------------------------------------------------------------------------------------
 
 
-def access_agent(user, agent_id) -> Agent:
-    """The agent `user` may see, else NotFound (another user's agent does not exist for them)."""
+def access_agent(user, agent_id, *, with_stats: bool = False) -> Agent:
+    """The agent `user` may see, else NotFound (another user's agent does not exist for them).
+
+    `with_stats` annotates it with its execution numbers (`Agent.success_rate` reads them).
+    """
+    agents = Agent.objects.for_user(user).select_related("current_version")
+    if with_stats:
+        agents = agents.with_execution_stats()
     try:
-        return Agent.objects.for_user(user).select_related("current_version").get(pk=agent_id)
+        return agents.get(pk=agent_id)
     except (Agent.DoesNotExist, ValidationError, ValueError):  # a malformed id is not found either
         raise NotFound("Agent not found") from None
+
+
+def find_agent(user, ref) -> Agent:
+    """The agent `ref` names for `user`: its id, or the name of one of the user's own agents."""
+    try:
+        uuid.UUID(str(ref))
+    except ValueError:
+        try:
+            return Agent.objects.select_related("current_version").get(owner=user, name=str(ref))
+        except Agent.DoesNotExist:
+            raise NotFound("Agent not found") from None
+    return access_agent(user, ref)
+
+
+def latest_ready_agent(user) -> Agent:
+    """The user's most recently created agent that can run, else Conflict."""
+    agent = (
+        Agent.objects.filter(owner=user, status=AgentStatus.READY, current_version__isnull=False)
+        .select_related("current_version")
+        .order_by("-created_at")
+        .first()
+    )
+    if agent is None:
+        raise Conflict("You have no ready agent to run; upload a version first")
+    return agent
 
 
 def access_version(agent: Agent, number: int | str) -> AgentVersion:
@@ -82,6 +114,11 @@ def create_agent(owner, *, name: str, description: str = "", role: str = "", tag
     except IntegrityError:  # a concurrent create with the same name won
         raise _name_error() from None
     log(agent, "Agent created", source=LogSource.BUILD)
+    feed.notify(
+        owner.pk,
+        "agent_created",
+        {"agent_id": str(agent.pk), "agent_name": agent.name, "status": agent.status},
+    )
     return agent
 
 
@@ -306,6 +343,7 @@ def build_version(version_id) -> AgentVersion | None:
     version = AgentVersion.objects.select_related("agent").get(pk=version_id)
     version.agent.refresh_state()
     log(version.agent, f"Build of {version.label} started", metadata=_meta(version))
+    _notify_build(version, "build_started")
     build_log = BuildLog(version.pk)
     backend = None
     try:
@@ -353,6 +391,7 @@ def _finish_build(
             return
         version.finish_build(ready=ok, log=log_text, backend=backend, location=location)
         version.agent.refresh_state()
+        _notify_build(version, "build_completed")
         if ok:
             log(version.agent, f"Build of {version.label} completed", metadata=_meta(version))
         else:
@@ -363,6 +402,19 @@ def _finish_build(
                 level=LogLevel.ERROR,
                 metadata=_meta(version),
             )
+
+
+def _notify_build(version: AgentVersion, kind: str) -> None:
+    feed.notify(
+        version.agent.owner_id,
+        kind,
+        {
+            "agent_id": str(version.agent_id),
+            "agent_name": version.agent.name,
+            "version": version.label,
+            "status": version.status,
+        },
+    )
 
 
 def fail_build(version_id, reason: str) -> None:

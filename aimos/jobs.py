@@ -16,9 +16,13 @@ JOB_ID = "aimos-maintenance"
 
 def maintenance() -> dict:
     from agents.services import fail_stale_builds
+    from aimos import feed
+    from aimos.system import sample_for_maintenance
     from executions.services import sweep_lost_runs
 
     done = {"stale_builds": fail_stale_builds(), **sweep_lost_runs()}
+    done["metrics_sample"] = sample_for_maintenance()
+    done["metrics_update"] = feed.broadcast_metrics_if_due()
     schedule_maintenance()
     return done
 

@@ -18,6 +18,7 @@ import hmac
 import http.client
 import ipaddress
 import json
+import logging
 import secrets
 import socket
 import ssl
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
 
 SECRET_PREFIX = "whsec_"
 TOLERANCE_SECONDS = 300
@@ -278,6 +281,13 @@ def dispatch(user_id, event: str, data: dict) -> None:
 
 
 def _dispatch_now(user_id, event: str, data: dict) -> None:
+    try:
+        _create_deliveries(user_id, event, data)
+    except Exception:  # the happening is recorded either way; never fail its transaction's caller
+        logger.exception("could not queue webhook deliveries of %s", event)
+
+
+def _create_deliveries(user_id, event: str, data: dict) -> None:
     import uuid
 
     from django.utils import timezone

@@ -212,3 +212,26 @@ def test_the_receiver_side_helper_reads_the_json_payload():
     assert webhooks.verify(secret, webhooks.signed_headers(secret, "m", body), body)["data"] == {
         "a": 1
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_finished_run_is_told_to_the_webhook(owner, receiver, hook_settings, drain_queues):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from agents import services as agents
+    from agents.tests.packages import example_files, pack_files
+    from executions import services
+
+    hook = webhooks.create_webhook(owner, url=receiver.url, events=["execution.completed"])
+    agent = agents.create_agent(owner, name="echo")
+    agents.create_version(agent, SimpleUploadedFile("e.tar.gz", pack_files(example_files("echo"))))
+    drain_queues()
+    agent.refresh_from_db()
+    execution = services.start_execution(owner, agent, input={"ping": 1})
+    drain_queues()
+    assert len(receiver.requests) == 1
+    headers, body = receiver.requests[0]
+    payload = webhooks.verify(hook.secret, headers, body)
+    assert payload["type"] == "execution.completed"
+    assert payload["data"]["execution_id"] == str(execution.pk)
+    assert payload["data"]["status"] == "completed"
