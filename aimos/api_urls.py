@@ -2,11 +2,21 @@
 
 from django.urls import include, path
 
+from aimos import api as system_api
 from aimos import compat, health
+from aimos.routers import route
 
 urlpatterns = [
     path("health", health.health, name="health"),
+    route("system/status", system_api.system_status, "system-status"),
+    route("system/metrics", system_api.system_metrics, "system-metrics"),
+    route(
+        "system/metrics/prometheus",
+        system_api.PrometheusMetricsView.as_view(),
+        "system-metrics-prometheus",
+    ),
     path("", include("accounts.urls")),
     path("", include("agents.urls")),
+    path("", include("executions.urls")),
     *compat.api_aliases,
 ]

@@ -2,10 +2,12 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from aimos import api as system_api
 from aimos import errors, health
 
 urlpatterns = [
     path("health", health.health, name="health"),
+    path("metrics", system_api.metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
@@ -13,6 +15,8 @@ urlpatterns = [
     path("api/v1/", include(("aimos.api_urls", "api"), namespace="v1")),
     path("", include("aimos.compat")),
     re_path(r"^api(/.*)?$", errors.api_not_found),
+    # The dashboard, last: nothing of it may shadow an API or admin path.
+    path("", include("aimos.pages")),
 ]
 
 handler404 = "aimos.errors.page_not_found"

@@ -1,0 +1,337 @@
+"""Dashboard pages of executions: the list, one run followed live, its controls (pause,
+resume, cancel), new runs from its checkpoints (restore, fork); and webhooks with their
+deliveries."""
+
+from __future__ import annotations
+
+import uuid
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db.models import Count, Q
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_POST
+
+from agents.choices import VersionStatus
+from agents.models import Agent
+from aimos.dashboard import add_to_form, error_text, found, outcome, parse_json
+from aimos.errors import Conflict, ServiceError
+from executions import services, webhooks
+from executions.choices import ExecutionStatus
+from executions.models import DeliveryStatus, Execution, Webhook
+
+PAGE_SIZE = 25
+# The page renders this many events; a longer log is followed from its end (the API has all).
+TRANSCRIPT_LIMIT = 5000
+
+FINISHED = {
+    "run_completed": "Completed",
+    "run_failed": "Failed",
+    "run_cancelled": "Cancelled",
+    "run_timed_out": "Timed out",
+}
+
+
+def transcript(events) -> list[dict]:
+    """The run's events as the page shows them: consecutive text deltas joined into one block,
+    every other event an item of its own. `static/js/execution.js` builds the same items from
+    the live events."""
+    items: list[dict] = []
+    for event in events:
+        data = event.data if isinstance(event.data, dict) else {"value": event.data}
+        kind = event.type
+        if kind == "content_delta":
+            if items and items[-1]["kind"] == "text":
+                items[-1]["text"] += str(data.get("content", ""))
+                continue
+            items.append({"kind": "text", "seq": event.seq, "text": str(data.get("content", ""))})
+            continue
+        item = {"kind": kind, "seq": event.seq, "data": data, "timestamp": event.timestamp}
+        if kind == "run_started":
+            item["kind"], item["text"] = "status", f"Run started ({data.get('version', '')})"
+        elif kind in ("run_paused", "run_resumed"):
+            item["kind"], item["text"] = "status", "Paused" if kind == "run_paused" else "Resumed"
+        elif kind in FINISHED:
+            detail = data.get("error") or data.get("reason") or ""
+            item["kind"], item["text"] = (
+                "status",
+                FINISHED[kind] + (f": {detail}" if detail else ""),
+            )
+            item["final"] = kind
+        elif kind not in ("tool_call", "tool_result", "log", "checkpoint", "error"):
+            item["kind"], item["type"] = "event", kind
+        items.append(item)
+    return items
+
+
+@login_required
+def execution_list(request):
+    """The user's runs, newest first, filtered by status and agent, a page at a time."""
+    executions = (
+        Execution.objects.for_user(request.user)
+        .select_related("agent", "version")
+        .order_by("-created_at")
+    )
+    status = request.GET.get("status", "")
+    agent_id = request.GET.get("agent", "")
+    if status in ExecutionStatus.values:
+        executions = executions.filter(status=status)
+    agents = Agent.objects.for_user(request.user).order_by("name").only("id", "name")
+    if _is_uuid(agent_id):  # another user's agent: the scoped list just has none of its runs
+        executions = executions.filter(agent_id=agent_id)
+    else:
+        agent_id = ""
+    page = Paginator(executions, PAGE_SIZE).get_page(request.GET.get("page"))
+    query = "&".join(
+        f"{name}={value}" for name, value in (("status", status), ("agent", agent_id)) if value
+    )
+    return render(
+        request,
+        "executions/execution_list.html",
+        {
+            "page": page,
+            "statuses": ExecutionStatus.values,
+            "status": status,
+            "agents": agents,
+            "agent_id": agent_id,
+            "query": query,
+            "filtered": bool(status or agent_id),
+        },
+    )
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+class RestoreForm(forms.Form):
+    input = forms.CharField(
+        required=False,
+        label="New input (JSON)",
+        help_text="Empty: the same input as this run.",
+        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "data-json": "any"}),
+    )
+
+    def clean_input(self):
+        try:
+            return parse_json(self.cleaned_data["input"], blank=...)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def modifications(self) -> dict:
+        value = self.cleaned_data["input"]
+        return {} if value is ... else {"input": value}
+
+
+class ForkForm(RestoreForm):
+    version = forms.TypedChoiceField(required=False, coerce=int, empty_value=None)
+
+    def __init__(self, *args, agent: Agent, **kwargs):
+        super().__init__(*args, **kwargs)
+        ready = agent.versions.filter(status=VersionStatus.READY).order_by("-number")
+        self.fields["version"].choices = [("", "same version")] + [
+            (version.number, version.label) for version in ready
+        ]
+
+    def modifications(self) -> dict:
+        changes = super().modifications()
+        if self.cleaned_data.get("version"):
+            changes["version"] = self.cleaned_data["version"]
+        return changes
+
+
+@login_required
+def execution_detail(request, execution_id):
+    execution = found(services.access_execution, request.user, execution_id)
+    events = list(execution.events.order_by("-seq")[:TRANSCRIPT_LIMIT])[::-1]
+    checkpoints = list(execution.checkpoints.order_by("seq"))
+    return render(
+        request,
+        "executions/execution_detail.html",
+        {
+            "execution": execution,
+            "items": transcript(events),
+            "last_seq": events[-1].seq if events else 0,
+            "truncated": bool(events) and events[0].seq > 1,
+            "checkpoints": checkpoints,
+            "children": execution.children.select_related("agent").order_by("-created_at")[:20],
+            "restore_form": RestoreForm(),
+            "fork_form": ForkForm(agent=execution.agent),
+            "active": execution.status in ExecutionStatus.active(),
+        },
+    )
+
+
+def _control(request, execution_id, action, done: str):
+    execution = found(services.access_execution, request.user, execution_id)
+    to = reverse("execution-detail", args=[execution.pk])
+    try:
+        execution = action(execution)
+    except ServiceError as exc:
+        return outcome(request, to, error=exc, data={"status": execution.status})
+    if execution.status == done:
+        ok = f"Execution {done.replace('_', ' ')}."
+    else:
+        ok = f"Asked the worker; the execution is {execution.status} for now."
+    return outcome(request, to, ok=ok, data={"status": execution.status})
+
+
+@require_POST
+@login_required
+def execution_pause(request, execution_id):
+    return _control(request, execution_id, services.pause_execution, ExecutionStatus.PAUSED)
+
+
+@require_POST
+@login_required
+def execution_resume(request, execution_id):
+    return _control(request, execution_id, services.resume_execution, ExecutionStatus.RUNNING)
+
+
+@require_POST
+@login_required
+def execution_cancel(request, execution_id):
+    return _control(request, execution_id, services.cancel_execution, ExecutionStatus.CANCELLED)
+
+
+def _from_checkpoint(request, checkpoint_id, *, fork: bool):
+    checkpoint = found(services.access_checkpoint, request.user, checkpoint_id)
+    source = checkpoint.execution
+    form = ForkForm(request.POST, agent=source.agent) if fork else RestoreForm(request.POST)
+    back = reverse("execution-detail", args=[source.pk])
+    if not form.is_valid():
+        problems = " ".join(message for errors in form.errors.values() for message in errors)
+        messages.error(request, f"No new run: {problems}")
+        return redirect(back)
+    start = services.fork_checkpoint if fork else services.restore_checkpoint
+    try:
+        execution = start(request.user, checkpoint, modifications=form.modifications())
+    except ServiceError as exc:
+        messages.error(request, f"No new run: {error_text(exc)}")
+        return redirect(back)
+    verb = "Forked" if fork else "Restored"
+    messages.success(request, f"{verb} from checkpoint “{checkpoint}” of {str(source.pk)[:8]}.")
+    return redirect("execution-detail", execution_id=execution.pk)
+
+
+@require_POST
+@login_required
+def checkpoint_restore(request, checkpoint_id):
+    return _from_checkpoint(request, checkpoint_id, fork=False)
+
+
+@require_POST
+@login_required
+def checkpoint_fork(request, checkpoint_id):
+    return _from_checkpoint(request, checkpoint_id, fork=True)
+
+
+# --- Webhooks ------------------------------------------------------------------------------------
+
+# Where a new webhook's signing secret waits for the page that shows it, once.
+NEW_SECRET_SESSION = "executions:new-webhook-secret"
+
+
+class WebhookForm(forms.Form):
+    url = forms.URLField(
+        label="URL",
+        max_length=2000,
+        assume_scheme="https",
+        widget=forms.URLInput(attrs={"placeholder": "https://example.com/hooks/aimos"}),
+        help_text="Must resolve to a public address.",
+    )
+    events = forms.MultipleChoiceField(
+        choices=[("*", "Every event")] + [(name, name) for name in webhooks.EVENTS],
+        widget=forms.CheckboxSelectMultiple,
+        initial=["*"],
+    )
+    description = forms.CharField(required=False, max_length=200)
+
+
+@login_required
+def webhook_list(request):
+    """The user's webhooks, and the form that adds one (its secret is shown once)."""
+    form = WebhookForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            webhook = webhooks.create_webhook(
+                request.user,
+                url=form.cleaned_data["url"],
+                events=form.cleaned_data["events"],
+                description=form.cleaned_data["description"],
+            )
+        except ServiceError as exc:
+            add_to_form(form, exc)
+        else:
+            request.session[NEW_SECRET_SESSION] = {"id": str(webhook.pk), "secret": webhook.secret}
+            messages.success(request, "Webhook added. Copy its signing secret now.")
+            return redirect("webhook-detail", webhook_id=webhook.pk)
+    hooks = (
+        Webhook.objects.for_user(request.user)
+        .annotate(
+            delivery_count=Count("deliveries"),
+            failed_count=Count("deliveries", filter=Q(deliveries__status=DeliveryStatus.FAILED)),
+        )
+        .order_by("-created_at")
+    )
+    return render(
+        request,
+        "executions/webhook_list.html",
+        {"form": form, "webhooks": hooks},
+        status=400 if form.errors else 200,
+    )
+
+
+@never_cache
+@login_required
+def webhook_detail(request, webhook_id):
+    webhook = found(webhooks.access_webhook, request.user, webhook_id)
+    secret = request.session.get(NEW_SECRET_SESSION)
+    if secret and secret["id"] == str(webhook.pk):
+        request.session.pop(NEW_SECRET_SESSION)
+    else:
+        secret = None
+    deliveries = Paginator(webhook.deliveries.order_by("-created_at"), PAGE_SIZE)
+    return render(
+        request,
+        "executions/webhook_detail.html",
+        {
+            "webhook": webhook,
+            "secret": secret,
+            "page": deliveries.get_page(request.GET.get("page")),
+        },
+    )
+
+
+@require_POST
+@login_required
+def webhook_toggle(request, webhook_id):
+    """Pause the webhook's deliveries, or start them again."""
+    webhook = found(webhooks.access_webhook, request.user, webhook_id)
+    to = reverse("webhook-detail", args=[webhook.pk])
+    try:
+        webhooks.update_webhook(webhook, is_active=not webhook.is_active)
+    except ServiceError as exc:
+        return outcome(request, to, error=exc)
+    state = "enabled" if webhook.is_active else "disabled: no event is sent to it"
+    return outcome(request, to, ok=f"Webhook {state}.")
+
+
+@require_POST
+@login_required
+def delivery_redeliver(request, webhook_id, delivery_id):
+    webhook = found(webhooks.access_webhook, request.user, webhook_id)
+    delivery = found(webhooks.access_delivery, webhook, delivery_id)
+    to = reverse("webhook-detail", args=[webhook.pk])
+    if delivery.status == DeliveryStatus.PENDING:
+        return outcome(request, to, error=Conflict("This delivery is still being attempted."))
+    webhooks.redeliver(delivery)
+    return outcome(request, to, ok=f"{delivery.event} queued to be sent again.")
