@@ -102,6 +102,9 @@ class WebhookViewSet(
         webhook = webhooks.create_webhook(request.user, **serializer.validated_data)
         return Response(NewWebhookSerializer(webhook).data, status=status.HTTP_201_CREATED)
 
+    def perform_destroy(self, instance):
+        webhooks.delete_webhook(instance)
+
     def perform_update(self, serializer):
         serializer.instance = webhooks.update_webhook(
             serializer.instance, **serializer.validated_data

@@ -272,6 +272,11 @@ def update_webhook(webhook, **changes):
     return webhook
 
 
+def delete_webhook(webhook) -> None:
+    """Forget the webhook and its deliveries; queued attempts find nothing and stop."""
+    webhook.delete()
+
+
 def dispatch(user_id, event: str, data: dict) -> None:
     """After the current transaction commits, send `event` to every webhook of the user that
     wants it: one delivery row each, delivered by a job with retries."""
