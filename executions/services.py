@@ -157,7 +157,7 @@ def wait_for(execution: Execution, seconds: float) -> Execution:
         execution.refresh_from_db()
         if execution.is_terminal or time.monotonic() >= deadline:
             return execution
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 # --- Events --------------------------------------------------------------------------------------
@@ -349,7 +349,7 @@ def _await_change(execution: Execution, done, seconds: float) -> Execution:
         execution.refresh_from_db()
         if done(execution) or time.monotonic() >= deadline:
             return execution
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 def cancel_execution(execution: Execution, *, wait: float = 30.0) -> Execution:

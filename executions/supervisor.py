@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 DELTA = "content_delta"
 FLUSH_SECONDS = 0.05
 FLUSH_SIZE = 64
+STOP = "stop"  # not a user's control: wakes the control thread when the run has ended
 
 OUTCOME_STATUS = {
     "completed": ExecutionStatus.COMPLETED,
@@ -132,6 +133,7 @@ class Supervisor:
             raise
         finally:
             self.stop.set()
+            self._wake_control()
             control.join()
             self.buffer.flush()
             self._forget_controls()
@@ -227,6 +229,12 @@ class Supervisor:
             if Execution.mark_resumed(self.execution_id):
                 self.paused_since = None
                 self.buffer.add("run_resumed", {})
+
+    def _wake_control(self) -> None:
+        """Unblock the control thread's wait at once (it then sees `stop`)."""
+        import django_rq
+
+        django_rq.get_connection("runs").rpush(services.CONTROL_KEY.format(self.execution_id), STOP)
 
     def _forget_controls(self) -> None:
         import django_rq
