@@ -1,11 +1,10 @@
 """Agent packages for tests: the examples, or any files given as a dict, packed as .tar.gz."""
 
-import base64
-import hashlib
 import io
 import tarfile
-import zipfile
 from pathlib import Path
+
+from sandbox.tests.helpers import wheel  # noqa: F401 (re-exported for the agents' tests)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -48,29 +47,3 @@ def agent_files(code: str, *, name: str = "probe", extra: str = "", **more: str 
     }
     files.update(more)
     return files
-
-
-def wheel(name: str, version: str, module_code: str) -> tuple[str, bytes]:
-    """A minimal pure-Python wheel (file name, bytes) providing module `name`, built offline."""
-    dist = f"{name}-{version}"
-    files = {
-        f"{name}.py": module_code.encode(),
-        f"{dist}.dist-info/METADATA": (
-            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-        ).encode(),
-        f"{dist}.dist-info/WHEEL": (
-            b"Wheel-Version: 1.0\nGenerator: aimos-tests\n"
-            b"Root-Is-Purelib: true\nTag: py3-none-any\n"
-        ),
-    }
-    record = []
-    for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(data)}")
-    record.append(f"{dist}.dist-info/RECORD,,")
-    files[f"{dist}.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for path, data in files.items():
-            archive.writestr(path, data)
-    return f"{dist}-py3-none-any.whl", buffer.getvalue()

@@ -116,3 +116,30 @@ def log_messages(events: list[Event], source: str | None = None) -> list[str]:
 
 def token() -> str:
     return "aimos-test-" + os.urandom(6).hex()
+
+
+def wheel(name: str, version: str, module_code: str) -> tuple[str, bytes]:
+    """A minimal pure-Python wheel (file name, bytes) providing the module `name`, built in
+    memory: installable without network or build tools."""
+    import base64
+    import hashlib
+    import io
+    import zipfile
+
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}.py": module_code.encode(),
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{dist}/RECORD,,")
+    files[f"{dist}/RECORD"] = ("\n".join(record) + "\n").encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+    return f"{name}-{version}-py3-none-any.whl", buffer.getvalue()

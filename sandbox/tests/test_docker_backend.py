@@ -3,15 +3,12 @@ the offline base image. (The shared abuse and runner suites cover the docker bac
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import io
 import ipaddress
 import textwrap
 import threading
 import time
 import uuid
-import zipfile
 from pathlib import Path
 
 import docker
@@ -22,6 +19,7 @@ from django.core.management import call_command
 from sandbox.base import BuildError, Limits, SandboxUnavailable, Status
 from sandbox.base_image import build_base_image
 from sandbox.docker_backend import LABEL_RUN, DockerBackend
+from sandbox.tests.helpers import wheel
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -71,38 +69,12 @@ def make_env(docker_backend: DockerBackend, tmp_path: Path):
             pass
 
 
-def tiny_wheel(name: str, version: str, module_source: str) -> tuple[str, bytes]:
-    """A pure-Python wheel with one module, built in memory (no network, no build tools)."""
-    dist_info = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}/__init__.py": module_source.encode(),
-        f"{dist_info}/METADATA": (
-            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
-        ),
-        f"{dist_info}/WHEEL": (
-            b"Wheel-Version: 1.0\nGenerator: aimos-tests\n"
-            b"Root-Is-Purelib: true\nTag: py3-none-any\n"
-        ),
-    }
-    record = []
-    for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(data)}")
-    record.append(f"{dist_info}/RECORD,,")
-    files[f"{dist_info}/RECORD"] = ("\n".join(record) + "\n").encode()
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for path, data in files.items():
-            archive.writestr(path, data)
-    return f"{name}-{version}-py3-none-any.whl", buffer.getvalue()
-
-
 def run_containers(engine: docker.DockerClient) -> list:
     return engine.containers.list(all=True, filters={"label": LABEL_RUN})
 
 
 def test_prepare_installs_the_versions_requirements_into_its_own_image(make_env, docker_backend):
-    wheel_name, wheel = tiny_wheel("tinydep", "0.1", "VALUE = 42\n")
+    wheel_name, wheel_bytes = wheel("tinydep", "0.1", "VALUE = 42\n")
     lines: list[str] = []
     env = make_env(
         {
@@ -113,7 +85,7 @@ def test_prepare_installs_the_versions_requirements_into_its_own_image(make_env,
                     return tinydep.VALUE + payload
             """,
             "requirements.txt": f"./wheels/{wheel_name}\n",
-            f"wheels/{wheel_name}": wheel,
+            f"wheels/{wheel_name}": wheel_bytes,
         },
         {"requirements": "requirements.txt"},
         log=lines.append,
@@ -127,12 +99,12 @@ def test_prepare_installs_the_versions_requirements_into_its_own_image(make_env,
 
 
 def test_versions_do_not_share_code_or_dependencies(make_env, docker_backend):
-    wheel_name, wheel = tiny_wheel("tinydep", "0.1", "VALUE = 42\n")
+    wheel_name, wheel_bytes = wheel("tinydep", "0.1", "VALUE = 42\n")
     with_dep = make_env(
         {
             "agent/main.py": "import tinydep\ndef handle(p):\n    return 'one'\n",
             "requirements.txt": f"./{wheel_name}\n",
-            wheel_name: wheel,
+            wheel_name: wheel_bytes,
         }
     )
     without = make_env(

@@ -3,8 +3,6 @@ and refusing (or loudly allowing) unisolated runs."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import os
 import resource
@@ -13,7 +11,6 @@ import sys
 import textwrap
 import threading
 import time
-import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +19,7 @@ import pytest
 from sandbox.base import BuildError, SandboxUnavailable, Status
 from sandbox.confinement import UID_BASE, UID_SLOTS, Cgroups
 from sandbox.process_backend import ProcessBackend
-from sandbox.tests.helpers import TEST_LIMITS, Recorded, processes_with, run_agent, token
+from sandbox.tests.helpers import TEST_LIMITS, Recorded, processes_with, run_agent, token, wheel
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the process sandbox runs as root")
 
@@ -66,25 +63,11 @@ PROBE = """
 
 
 def write_wheel(folder: Path, name: str = "hello_aimos", greeting: str = "hi") -> str:
-    """A minimal pure-Python wheel (installable without network or build tools)."""
-    dist = f"{name}-1.0.dist-info"
-    files = {
-        f"{name}.py": f"GREETING = {greeting!r}\n".encode(),
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n".encode(),
-        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = []
-    for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(data)}")
-    record.append(f"{dist}/RECORD,,")
+    """Write a wheel of module `name` (GREETING = greeting) into `folder`; its file name."""
+    filename, data = wheel(name, "1.0", f"GREETING = {greeting!r}\n")
     folder.mkdir(parents=True, exist_ok=True)
-    wheel = folder / f"{name}-1.0-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as archive:
-        for path, data in files.items():
-            archive.writestr(path, data)
-        archive.writestr(f"{dist}/RECORD", "\n".join(record) + "\n")
-    return wheel.name
+    (folder / filename).write_bytes(data)
+    return filename
 
 
 @pytest.fixture(scope="module")
