@@ -14,7 +14,7 @@ from typing import IO, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -295,6 +295,7 @@ class BuildLog:
         self.lines: list[str] = []
         self.lock = threading.Lock()
         self.flushed_at = 0.0
+        self.thread = threading.current_thread()
 
     def __call__(self, line: str) -> None:
         with self.lock:
@@ -307,6 +308,9 @@ class BuildLog:
         AgentVersion.objects.filter(pk=self.version_id, status=VersionStatus.BUILDING).update(
             build_log=self.text
         )
+        if threading.current_thread() is not self.thread:
+            # A backend's reader thread: its connection would outlive the build otherwise.
+            connection.close()
 
     @property
     def text(self) -> str:

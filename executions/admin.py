@@ -7,6 +7,7 @@ through their transitions, so every page is read-only and the actions call the s
 import json
 
 from django.contrib import admin, messages
+from django.db import models
 from django.utils.html import format_html, format_html_join
 
 from aimos.errors import ServiceError
@@ -242,6 +243,7 @@ class WebhookAdmin(admin.ModelAdmin):
     fields = ["id", "user", "url", "events", "description", "is_active", "created_at"]
     readonly_fields = ["id", "user", "created_at"]
     inlines = [DeliveryInline]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
     def has_add_permission(self, request):
         return False

@@ -7,6 +7,13 @@ from executions.tests.runs import API, deploy, events, execute
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
+@pytest.fixture(autouse=True, params=["process", "docker"])
+def sandbox_backend(request, settings):
+    """Each example is built and run on both sandbox backends."""
+    settings.AIMOS_SANDBOX = request.param
+    return request.param
+
+
 def run_to_the_end(client, drain, agent, **body) -> dict:
     response = execute(client, agent.pk, **body)
     assert response.status_code == 202, response.content
