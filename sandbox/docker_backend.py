@@ -45,7 +45,7 @@ from sandbox.base import (
     SandboxError,
     SandboxUnavailable,
 )
-from sandbox.protocol import RUNNER_PATH, StreamRun, encode_request, inspection_from
+from sandbox.protocol import RUNNER_PATH, StreamRun, inspection_from, run_request
 
 if TYPE_CHECKING:
     from sandbox.backends import SandboxConfig
@@ -251,7 +251,7 @@ class DockerBackend(Backend):
 
     def inspect(self, env: Environment, entrypoint: str) -> Inspection:
         """Import the entrypoint in a container restricted exactly like a run."""
-        run = self._launch(env, encode_request("inspect", entrypoint), INSPECT_LIMITS)
+        run = self._launch(env, run_request(env, entrypoint, mode="inspect"), INSPECT_LIMITS)
         return inspection_from(run.wait())
 
     def start(
@@ -268,8 +268,7 @@ class DockerBackend(Backend):
         """Start a container for one run. The manifest's `env` and `env_vars` reach the agent
         through the runner's stdin (not the container's config, so `docker inspect` does not
         show them); nothing of this host's environment does."""
-        variables = {**(env.manifest.get("env") or {}), **(env_vars or {})}
-        request = encode_request("run", entrypoint, payload, state=state, env=variables)
+        request = run_request(env, entrypoint, payload, state=state, env_vars=env_vars)
         return self._launch(env, request, limits, run_id=run_id)
 
     def kill_run(self, run_id: str) -> None:

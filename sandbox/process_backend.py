@@ -53,7 +53,7 @@ from sandbox.confinement import (
     UidLease,
     hold_lock,
 )
-from sandbox.protocol import RUNNER_PATH, StreamRun, encode_request, inspection_from
+from sandbox.protocol import RUNNER_PATH, StreamRun, inspection_from, run_request
 
 logger = logging.getLogger("aimos.sandbox")
 
@@ -414,7 +414,7 @@ class ProcessBackend(Backend):
 
     def inspect(self, env: Environment, entrypoint: str) -> Inspection:
         """Import the entrypoint inside the sandbox (its import-time code runs there)."""
-        request = encode_request("inspect", entrypoint, env=env.manifest.get("env"))
+        request = run_request(env, entrypoint, mode="inspect")
         run = self._start(env, request, INSPECT_LIMITS)
         return inspection_from(run.wait())
 
@@ -433,8 +433,7 @@ class ProcessBackend(Backend):
         runner's stdin (never a command line); nothing else of this host's environment does.
         Its sandbox dies with the process that started it (`--die-with-parent` and the PID
         namespace), so `kill_run` has nothing to do."""
-        variables = {**(env.manifest.get("env") or {}), **(env_vars or {})}
-        request = encode_request("run", entrypoint, payload, state=state, env=variables)
+        request = run_request(env, entrypoint, payload, state=state, env_vars=env_vars)
         return self._start(env, request, limits)
 
     def _start(self, env: Environment, request: bytes, limits: Limits) -> ProcessRun:

@@ -28,7 +28,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sandbox.base import ErrorType, Event, Inspection, Limits, Outcome, Run, Status
+from sandbox.base import (
+    Environment,
+    ErrorType,
+    Event,
+    Inspection,
+    Limits,
+    Outcome,
+    Run,
+    Status,
+)
 
 TERMINAL_TYPES = frozenset({"result", "error", "inspection"})
 LOG_SOURCES = frozenset({"stdout", "stderr", "agent"})  # "platform" is the host's own
@@ -56,6 +65,21 @@ def encode_request(
         return json.dumps(request).encode()
     except (TypeError, ValueError) as exc:
         raise ValueError(f"payload and state must be JSON-serialisable: {exc}") from None
+
+
+def run_request(
+    env: Environment,
+    entrypoint: str,
+    payload: Any = None,
+    *,
+    state: Any = None,
+    env_vars: dict[str, str] | None = None,
+    mode: str = "run",
+) -> bytes:
+    """The request of a run (or an inspection) of a built version: the manifest's `env`,
+    overridden by `env_vars`, travels with it on stdin."""
+    variables = {**(env.manifest.get("env") or {}), **(env_vars or {})}
+    return encode_request(mode, entrypoint, payload, state=state, env=variables)
 
 
 def parse_line(line: bytes) -> Event | None:
