@@ -39,7 +39,10 @@ def _local_secret_key() -> str:
 SECRET_KEY = env.string("SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY is required when DEBUG is off")
+        raise ImproperlyConfigured(
+            "SECRET_KEY is required when DEBUG is off (for a local run or a manage.py command "
+            "on a checkout, DEBUG=1 uses a key kept in var/)"
+        )
     SECRET_KEY = _local_secret_key()
 
 ALLOWED_HOSTS = env.csv("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
