@@ -4,7 +4,9 @@ Every variable is documented in `.env.example` and the README. A bad value stops
 server at start with a message naming the variable (see `aimos.config`).
 """
 
+import os
 import secrets
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,8 +20,30 @@ from aimos import config as env
 BASE_DIR = Path(__file__).resolve().parent.parent
 load_dotenv(BASE_DIR / ".env", override=False)
 
-VAR_DIR = Path(env.string("AIMOS_VAR_DIR", str(BASE_DIR / "var"))).resolve()
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+def _private_dir(path: Path) -> Path:
+    """`path` exists and only its owner may enter it (0700): created so, or tightened."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def _private_file(path: Path) -> Path:
+    """`path` exists and only its owner may read it (0600): created empty with that mode (no
+    moment with a looser one), or an existing file tightened."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    return path
+
+
+# Secrets, the SQLite database, artifacts and the embedded Redis's socket live here: nobody but
+# the server's own user enters it. (The process sandbox reads what runs need through binds made
+# by root, so runs do not need to.)
+VAR_DIR = _private_dir(Path(env.string("AIMOS_VAR_DIR", str(BASE_DIR / "var"))).resolve())
 
 AIMOS_VERSION = __version__
 AIMOS_ENVIRONMENT = env.string("AIMOS_ENVIRONMENT", "development")
@@ -28,12 +52,22 @@ DEBUG = env.boolean("DEBUG", False)
 
 
 def _local_secret_key() -> str:
-    """A key generated once into var/ so local runs keep their sessions across restarts."""
+    """A key generated once into var/ so local runs keep their sessions across restarts.
+
+    The file appears whole and 0600 at once (written aside, then linked into place), so
+    processes starting together all read the same complete key; a looser one is tightened."""
     path = VAR_DIR / "secret_key"
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
-    return path.read_text().strip()
+        fd, draft = tempfile.mkstemp(dir=VAR_DIR, prefix=".secret_key-")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(50))
+            os.link(draft, path)
+        except FileExistsError:
+            pass  # another process got there first: its key is the key
+        finally:
+            os.unlink(draft)
+    return _private_file(path).read_text().strip()
 
 
 SECRET_KEY = env.string("SECRET_KEY")
@@ -132,6 +166,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
     # A file, not memory, so that workers started by the tests share the test database.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+    if DATABASES["default"]["NAME"] not in ("", ":memory:"):
+        # Created 0600 before SQLite opens it (an empty file is an empty database); SQLite
+        # gives its journal and WAL files the database file's mode.
+        _private_file(Path(DATABASES["default"]["NAME"]))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
@@ -161,10 +199,18 @@ CHANNEL_LAYERS = {
     }
 }
 
+# Jobs are stored as JSON, never as pickles: whoever can write to Redis must not get code run by
+# unpickling. Queues (enqueue, the admin) read SERIALIZER; every worker that manage.py starts is
+# aimos.jobs.JSONWorker, which reads JSON whatever `--serializer` says (its default is pickle).
 RQ_QUEUES = {
-    name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": env.integer("AIMOS_JOB_TIMEOUT", 3600, minimum=1)}
+    name: {
+        "URL": REDIS_URL,
+        "DEFAULT_TIMEOUT": env.integer("AIMOS_JOB_TIMEOUT", 3600, minimum=1),
+        "SERIALIZER": "rq.serializers.JSONSerializer",
+    }
     for name in ("builds", "runs", "default")
 }
+RQ = {"WORKER_CLASS": "aimos.jobs.JSONWorker"}
 AIMOS_WORKERS = env.integer("AIMOS_WORKERS", 4, minimum=1)
 
 # --- Authentication --------------------------------------------------------------------------
@@ -297,6 +343,8 @@ LOGGING = {
 AIMOS_SANDBOX = env.choice("AIMOS_SANDBOX", "process", ("process", "docker"))
 AIMOS_SANDBOX_ROOT = Path(env.string("AIMOS_SANDBOX_ROOT", str(VAR_DIR / "sandbox"))).resolve()
 AIMOS_SANDBOX_ALLOW_UNISOLATED = env.boolean("AIMOS_SANDBOX_ALLOW_UNISOLATED", False)
+# Process sandbox: runs get uids from here on (1000 of them), used by no user or subuid range.
+AIMOS_SANDBOX_UID_BASE = env.integer("AIMOS_SANDBOX_UID_BASE", 200_000, minimum=1000)
 AIMOS_SANDBOX_ALLOW_NETWORK = env.boolean("AIMOS_SANDBOX_ALLOW_NETWORK", False)
 AIMOS_DOCKER_BASE_IMAGE = env.string("AIMOS_DOCKER_BASE_IMAGE", "aimos-python:3.11")
 AIMOS_MAX_OUTPUT_BYTES = env.integer("AIMOS_MAX_OUTPUT_BYTES", 10 * 1024 * 1024, minimum=1024)
@@ -306,16 +354,21 @@ AIMOS_MAX_CPUS = env.number("AIMOS_MAX_CPUS", 2.0, minimum=0.01)
 AIMOS_MAX_PIDS = env.integer("AIMOS_MAX_PIDS", 256, minimum=8)
 AIMOS_MAX_FILE_MB = env.integer("AIMOS_MAX_FILE_MB", 64, minimum=1)
 AIMOS_MAX_OPEN_FILES = env.integer("AIMOS_MAX_OPEN_FILES", 256, minimum=16)
-AIMOS_SANDBOX_TMP_MB = env.integer("AIMOS_SANDBOX_TMP_MB", 64, minimum=1)
+# What a run may write to its workspace and /tmp together (one size-capped filesystem).
+AIMOS_SANDBOX_WORKSPACE_MB = env.integer("AIMOS_SANDBOX_WORKSPACE_MB", 256, minimum=1)
 # Docker backend. The base image is built offline by `manage.py build_base_image` (debootstrap
 # from the Debian mirror, no registry); with a registry, `python:3.11-slim` works as well.
 AIMOS_DOCKER_AGENT_IMAGE = env.string("AIMOS_DOCKER_AGENT_IMAGE", "aimos-agent")
 AIMOS_DOCKER_DEBIAN_MIRROR = env.string(
     "AIMOS_DOCKER_DEBIAN_MIRROR", "http://deb.debian.org/debian"
 )
-# Network of the container that pip-installs requirements during `prepare` ("" = Docker's
-# default bridge; "host" when this host's bridge networking is unavailable). Runs never use it.
-AIMOS_DOCKER_BUILD_NETWORK = env.string("AIMOS_DOCKER_BUILD_NETWORK", "")
+# Builds: pip installs from this index, reaching only these hosts (through the sandbox's egress
+# proxy; empty = the index's host, plus files.pythonhosted.org for PyPI), wheels only unless
+# source builds are allowed, and an environment may not grow past AIMOS_BUILD_MAX_MB.
+AIMOS_BUILD_INDEX_URL = env.string("AIMOS_BUILD_INDEX_URL", "https://pypi.org/simple")
+AIMOS_BUILD_INDEX_HOSTS = env.csv("AIMOS_BUILD_INDEX_HOSTS")
+AIMOS_BUILD_ALLOW_SOURCE = env.boolean("AIMOS_BUILD_ALLOW_SOURCE", False)
+AIMOS_BUILD_MAX_MB = env.integer("AIMOS_BUILD_MAX_MB", 2048, minimum=16)
 
 # --- Agents: uploads and builds -------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.base import Backend
+from sandbox.requirements import BuildRules, index_hosts_of
 
 
 @dataclass(frozen=True)
@@ -15,11 +16,10 @@ class SandboxConfig:
     backend: str = "process"
     root: Path = Path("var/sandbox")
     allow_unisolated: bool = False
+    uid_base: int = 200_000
     allow_network: bool = False
     docker_base_image: str = "aimos-python:3.11"
     docker_agent_image: str = "aimos-agent"
-    docker_debian_mirror: str = "http://deb.debian.org/debian"
-    docker_build_network: str = ""
     max_output_bytes: int = 10 * 1024 * 1024
     max_timeout_seconds: int = 3600
     max_memory_mb: int = 2048
@@ -27,7 +27,8 @@ class SandboxConfig:
     max_pids: int = 256
     max_file_mb: int = 64
     max_open_files: int = 256
-    tmp_mb: int = 64
+    workspace_mb: int = 256
+    build: BuildRules = BuildRules()
 
 
 def sandbox_config() -> SandboxConfig:
@@ -38,13 +39,10 @@ def sandbox_config() -> SandboxConfig:
         backend=settings.AIMOS_SANDBOX,
         root=Path(settings.AIMOS_SANDBOX_ROOT),
         allow_unisolated=settings.AIMOS_SANDBOX_ALLOW_UNISOLATED,
+        uid_base=settings.AIMOS_SANDBOX_UID_BASE,
         allow_network=settings.AIMOS_SANDBOX_ALLOW_NETWORK,
         docker_base_image=settings.AIMOS_DOCKER_BASE_IMAGE,
         docker_agent_image=getattr(settings, "AIMOS_DOCKER_AGENT_IMAGE", "aimos-agent"),
-        docker_debian_mirror=getattr(
-            settings, "AIMOS_DOCKER_DEBIAN_MIRROR", "http://deb.debian.org/debian"
-        ),
-        docker_build_network=getattr(settings, "AIMOS_DOCKER_BUILD_NETWORK", ""),
         max_output_bytes=settings.AIMOS_MAX_OUTPUT_BYTES,
         max_timeout_seconds=settings.AIMOS_MAX_TIMEOUT_SECONDS,
         max_memory_mb=settings.AIMOS_MAX_MEMORY_MB,
@@ -52,7 +50,15 @@ def sandbox_config() -> SandboxConfig:
         max_pids=settings.AIMOS_MAX_PIDS,
         max_file_mb=settings.AIMOS_MAX_FILE_MB,
         max_open_files=settings.AIMOS_MAX_OPEN_FILES,
-        tmp_mb=settings.AIMOS_SANDBOX_TMP_MB,
+        workspace_mb=settings.AIMOS_SANDBOX_WORKSPACE_MB,
+        build=BuildRules(
+            index_url=settings.AIMOS_BUILD_INDEX_URL,
+            index_hosts=tuple(settings.AIMOS_BUILD_INDEX_HOSTS)
+            or index_hosts_of(settings.AIMOS_BUILD_INDEX_URL),
+            allow_source=settings.AIMOS_BUILD_ALLOW_SOURCE,
+            max_mb=settings.AIMOS_BUILD_MAX_MB,
+            timeout_seconds=settings.AIMOS_BUILD_TIMEOUT,
+        ),
     )
 
 
@@ -69,7 +75,12 @@ def get_backend(name: str | None = None, *, config: SandboxConfig | None = None)
     if name == "process":
         from sandbox.process_backend import ProcessBackend
 
-        return ProcessBackend(root=config.root, allow_unisolated=config.allow_unisolated)
+        return ProcessBackend(
+            root=config.root,
+            allow_unisolated=config.allow_unisolated,
+            build=config.build,
+            uid_base=config.uid_base,
+        )
     if name == "docker":
         from sandbox.docker_backend import DockerBackend
 

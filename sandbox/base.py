@@ -39,7 +39,7 @@ class Limits:
     max_output_bytes: int = 10 * 1024 * 1024
     max_file_mb: int = 64
     max_open_files: int = 256
-    tmp_mb: int = 64
+    workspace_mb: int = 256  # the workspace and /tmp together
     network: bool = False
 
 
@@ -132,6 +132,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def check(self) -> None:
         """Raise SandboxUnavailable with a clear message when this host cannot run the backend."""
+
+    @abc.abstractmethod
+    def availability(self) -> str | None:
+        """None when this host can run the backend, else why not (the message `check()` would
+        raise). Changes nothing on the host, so a status page may ask it."""
 
     @abc.abstractmethod
     def prepare(

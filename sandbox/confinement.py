@@ -1,8 +1,10 @@
 """Every process of one run on this host: finding, limiting, freezing and killing them.
 
-Used by the process backend. A run's processes are found through its cgroups (cgroup v1
-memory, pids, freezer, cpu, cpuacct under `<controller>/aimos/<run id>`), else through the
-uid it alone runs as, else (unprivileged and unisolated) through its process group.
+Used by the process backend. A run's processes are found through its cgroups — cgroup v2
+`aimos/<run id>` on a unified hierarchy, else cgroup v1 memory, pids, freezer, cpu, cpuacct
+under `<controller>/aimos/<run id>` (`detect` picks) — else through the uid it alone runs as
+(from a range checked against the host's users, `uid_range_problem`), else (unprivileged and
+unisolated) through its process group.
 """
 
 from __future__ import annotations
@@ -19,15 +21,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sandbox.base import Limits, SandboxError
+from sandbox.base import Limits, SandboxError, SandboxUnavailable
 
-UID_BASE = 200_000  # runs get uids UID_BASE .. UID_BASE + UID_SLOTS - 1, one per live run
+# Runs get uids base .. base + UID_SLOTS - 1, one per live run (base: AIMOS_SANDBOX_UID_BASE).
+UID_BASE = 200_000
 UID_SLOTS = 1000
+UID_MAX = 2**32 - 2  # (uid_t)-1 means "no uid"
 # Host-wide (not per AIMOS_SANDBOX_ROOT): two installs on one host must not share a uid.
 UID_LOCK_DIR = Path("/run/aimos-sandbox/uids")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_CONTROLLERS = ("memory", "pids", "freezer", "cpu", "cpuacct")
 CGROUP_PARENT = "aimos"
+CPU_PERIOD_US = 100_000
+MEMORY_SAMPLE_S = 0.1  # how often memory use is sampled where the kernel keeps no peak
 KILL_DEADLINE_S = 15.0
 MB = 1024 * 1024
 
@@ -69,46 +75,130 @@ def _signal(pids: list[int], sig: int) -> None:
             pass
 
 
+class CgroupsUnavailable(SandboxUnavailable):
+    """Neither cgroup v2 nor the cgroup v1 controllers can be used here (the message says why)."""
+
+
+def detect(root: Path = CGROUP_ROOT) -> type[Cgroups]:
+    """The kind of cgroups runs get on this host: `CgroupsV2` on a unified hierarchy (with the
+    memory, pids and cpu controllers enabled for `<root>/aimos`, done here), else `CgroupsV1`
+    when every v1 controller we use is mounted. Raises CgroupsUnavailable naming the cause."""
+    if os.geteuid() != 0:
+        raise CgroupsUnavailable("managing cgroups needs root")
+    if (root / "cgroup.controllers").exists():
+        try:
+            CgroupsV2.prepare(root)
+        except OSError as exc:  # e.g. mounted read-only
+            raise CgroupsUnavailable(f"cannot use cgroup v2 at {root}: {exc}") from exc
+        return CgroupsV2
+    missing = [c for c in CGROUP_CONTROLLERS if not (root / c / "cgroup.procs").exists()]
+    if not missing and (root / "memory" / "memory.max_usage_in_bytes").exists():
+        return CgroupsV1
+    raise CgroupsUnavailable(
+        f"no usable cgroups under {root}: it is not a cgroup v2 hierarchy (no "
+        f"{root / 'cgroup.controllers'}) and lacks the cgroup v1 controllers "
+        f"{', '.join(missing) or 'memory (memory.max_usage_in_bytes)'}"
+    )
+
+
 class Cgroups:
-    """One run's cgroup v1 directories: limits, freezer, kill, usage."""
+    """One run's cgroups: limits, freezing, killing, usage.
 
-    def __init__(self, name: str) -> None:
-        self.dirs = {c: CGROUP_ROOT / c / CGROUP_PARENT / name for c in CGROUP_CONTROLLERS}
+    `Cgroups(name)` is the kind this host has (see `detect`), as `Path()` is a PosixPath;
+    `dirs` holds the run's directories by controller ("unified" for v2).
+    """
 
-    @staticmethod
-    def available() -> bool:
-        """True when we are root and every controller we use is mounted as cgroup v1."""
-        return (
-            os.geteuid() == 0
-            and all((CGROUP_ROOT / c / "cgroup.procs").exists() for c in CGROUP_CONTROLLERS)
-            and (CGROUP_ROOT / "memory" / "memory.max_usage_in_bytes").exists()
-        )
+    dirs: dict[str, Path]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Cgroups:
+        return super().__new__(detect() if cls is Cgroups else cls)
 
     def create(self, limits: Limits, *, helpers: int) -> None:
-        """Make the directories and set the limits; `helpers` = processes of ours inside
-        (bwrap) that count toward pids.max on top of the agent's own."""
-        for path in self.dirs.values():
-            path.mkdir(parents=True, exist_ok=True)
-        memory = self.dirs["memory"]
-        # tmpfs pages are charged to the run too, so /tmp gets room on top of the heap.
-        limit = (limits.memory_mb + limits.tmp_mb) * MB
-        (memory / "memory.limit_in_bytes").write_text(str(limit))
-        if (memory / "memory.memsw.limit_in_bytes").exists():
-            (memory / "memory.memsw.limit_in_bytes").write_text(str(limit))
-        (self.dirs["pids"] / "pids.max").write_text(str(limits.pids + helpers))
-        cpu = self.dirs["cpu"]
-        (cpu / "cpu.cfs_period_us").write_text("100000")
-        (cpu / "cpu.cfs_quota_us").write_text(str(max(1000, int(limits.cpus * 100000))))
+        """Make the cgroups and set the limits; `helpers` = processes of ours inside (bwrap)
+        that count toward the pids limit on top of the agent's own."""
+        raise NotImplementedError
 
     @property
     def procs_files(self) -> list[str]:
+        """The files a process writes its pid to, to join the run."""
         return [str(path / "cgroup.procs") for path in self.dirs.values()]
+
+    def pids(self) -> list[int]:
+        raise NotImplementedError
+
+    def freeze(self) -> None:
+        """Returns when every process of the cgroup is frozen."""
+        raise NotImplementedError
+
+    def thaw(self) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """SIGKILL every member: freeze (so nothing forks), signal everyone, thaw (so the
+        kills land)."""
+        self.freeze()
+        _signal(self.pids(), signal.SIGKILL)
+        self.thaw()
+
+    def peak_memory_mb(self) -> float:
+        raise NotImplementedError
+
+    def cpu_ms(self) -> int:
+        raise NotImplementedError
+
+    def oom_killed(self) -> bool:
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        """Delete the run's cgroups (already gone is fine)."""
+        for path in self.dirs.values():
+            for _ in range(50):
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:  # EBUSY while the last task is leaving
+                    if exc.errno != errno.EBUSY:
+                        raise
+                    time.sleep(0.02)
+
+    @staticmethod
+    def _memory_limit(limits: Limits) -> int:
+        # tmpfs pages are charged to the run too, so the workspace (and /tmp in it) gets room
+        # on top of the heap.
+        return (limits.memory_mb + limits.workspace_mb) * MB
+
+    @staticmethod
+    def _cpu_quota(limits: Limits) -> int:
+        """Microseconds of CPU per period of CPU_PERIOD_US."""
+        return max(1000, int(limits.cpus * CPU_PERIOD_US))
+
+
+class CgroupsV1(Cgroups):
+    """A run's cgroup v1 directories: memory, pids, freezer, cpu, cpuacct under
+    `<root>/<controller>/aimos/<run>`."""
+
+    def __init__(self, name: str, root: Path = CGROUP_ROOT) -> None:
+        self.dirs = {c: root / c / CGROUP_PARENT / name for c in CGROUP_CONTROLLERS}
+
+    def create(self, limits: Limits, *, helpers: int) -> None:
+        for path in self.dirs.values():
+            path.mkdir(parents=True, exist_ok=True)
+        memory = self.dirs["memory"]
+        limit = self._memory_limit(limits)
+        (memory / "memory.limit_in_bytes").write_text(str(limit))
+        if (memory / "memory.memsw.limit_in_bytes").exists():
+            (memory / "memory.memsw.limit_in_bytes").write_text(str(limit))  # no swap
+        (self.dirs["pids"] / "pids.max").write_text(str(limits.pids + helpers))
+        cpu = self.dirs["cpu"]
+        (cpu / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+        (cpu / "cpu.cfs_quota_us").write_text(str(self._cpu_quota(limits)))
 
     def pids(self) -> list[int]:
         return _pids_in(self.dirs["freezer"] / "cgroup.procs")
 
     def freeze(self) -> None:
-        """Returns when every process of the cgroup is frozen."""
         state = self.dirs["freezer"] / "freezer.state"
         state.write_text("FROZEN")
         deadline = time.monotonic() + 5
@@ -117,12 +207,6 @@ class Cgroups:
 
     def thaw(self) -> None:
         (self.dirs["freezer"] / "freezer.state").write_text("THAWED")
-
-    def kill(self) -> None:
-        """Freeze (so nothing forks), SIGKILL everyone, thaw (so the kills land)."""
-        self.freeze()
-        _signal(self.pids(), signal.SIGKILL)
-        self.thaw()
 
     def peak_memory_mb(self) -> float:
         return int(_read(self.dirs["memory"] / "memory.max_usage_in_bytes")) / MB
@@ -136,18 +220,126 @@ class Cgroups:
                 return int(line.split()[1]) > 0
         return int(_read(self.dirs["memory"] / "memory.failcnt")) > 0
 
+
+class CgroupsV2(Cgroups):
+    """A run's cgroup on the unified hierarchy: `<root>/aimos/<run>`, with memory (no swap),
+    pids and cpu limits; frozen through cgroup.freeze, killed through cgroup.kill."""
+
+    CONTROLLERS = ("memory", "pids", "cpu")
+
+    def __init__(self, name: str, root: Path = CGROUP_ROOT) -> None:
+        self.path = root / CGROUP_PARENT / name
+        self.dirs = {"unified": self.path}
+        self._peak = 0
+        self._sampling: threading.Event | None = None
+
+    @classmethod
+    def prepare(cls, root: Path = CGROUP_ROOT) -> None:
+        """Make `<root>/aimos` with the controllers enabled for its children (and in the
+        root's subtree_control first). Raises CgroupsUnavailable saying what is in the way."""
+        available = _read(root / "cgroup.controllers").split()
+        missing = [c for c in cls.CONTROLLERS if c not in available]
+        if missing:
+            raise CgroupsUnavailable(
+                f"the cgroup v2 hierarchy at {root} lacks the {', '.join(missing)} "
+                f"controller(s) (it offers: {' '.join(available) or 'none'})"
+            )
+        parent = root / CGROUP_PARENT
+        cls._enable(root)
+        parent.mkdir(exist_ok=True)
+        cls._enable(parent)
+
+    @classmethod
+    def _enable(cls, cgroup: Path) -> None:
+        control = cgroup / "cgroup.subtree_control"
+        if set(cls.CONTROLLERS) <= set(_read(control).split()):
+            return
+        try:
+            control.write_text(" ".join(f"+{c}" for c in cls.CONTROLLERS))
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise CgroupsUnavailable(f"cannot enable controllers in {control}: {exc}") from exc
+            pids = _pids_in(cgroup / "cgroup.procs")
+            ours = f", this worker (pid {os.getpid()}) among them" if os.getpid() in pids else ""
+            raise CgroupsUnavailable(
+                f"cannot enable the {', '.join(cls.CONTROLLERS)} controllers in {control}: "
+                f"{cgroup} has processes of its own{ours}, and cgroup v2 gives controllers to "
+                f"the children of a cgroup only while it has none (the 'no internal "
+                f"processes' rule). Start the worker in a child cgroup (e.g. move every pid "
+                f"of {cgroup / 'cgroup.procs'} to a new {cgroup / 'init'}), as container "
+                "entrypoints do"
+            ) from exc
+
+    def create(self, limits: Limits, *, helpers: int) -> None:
+        self.path.mkdir(exist_ok=True)
+        (self.path / "memory.max").write_text(str(self._memory_limit(limits)))
+        if (self.path / "memory.swap.max").exists():  # absent without swap accounting
+            (self.path / "memory.swap.max").write_text("0")
+        (self.path / "pids.max").write_text(str(limits.pids + helpers))
+        (self.path / "cpu.max").write_text(f"{self._cpu_quota(limits)} {CPU_PERIOD_US}")
+        if not (self.path / "memory.peak").exists():  # before Linux 5.19
+            self._sampling = threading.Event()
+            threading.Thread(target=self._sample, name="cgroup-memory", daemon=True).start()
+
+    def _sample(self) -> None:
+        assert self._sampling is not None
+        while True:
+            try:
+                self._peak = max(self._peak, int(_read(self.path / "memory.current")))
+            except (OSError, ValueError):
+                return
+            if self._sampling.wait(MEMORY_SAMPLE_S):
+                return
+
+    def pids(self) -> list[int]:
+        return _pids_in(self.path / "cgroup.procs")
+
+    def freeze(self) -> None:
+        (self.path / "cgroup.freeze").write_text("1")
+        deadline = time.monotonic() + 5
+        while not self.frozen() and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def frozen(self) -> bool:
+        """Whether every process of the cgroup is frozen (cgroup.events says so)."""
+        return _keyed(self.path / "cgroup.events").get("frozen") == 1
+
+    def thaw(self) -> None:
+        (self.path / "cgroup.freeze").write_text("0")
+
+    def kill(self) -> None:
+        kill = self.path / "cgroup.kill"  # Linux 5.14 and later
+        if kill.exists():
+            kill.write_text("1")
+        else:
+            super().kill()
+
+    def peak_memory_mb(self) -> float:
+        peak = self.path / "memory.peak"
+        if peak.exists():
+            return int(_read(peak)) / MB
+        return max(self._peak, int(_read(self.path / "memory.current"))) / MB
+
+    def cpu_ms(self) -> int:
+        return _keyed(self.path / "cpu.stat")["usage_usec"] // 1000
+
+    def oom_killed(self) -> bool:
+        return _keyed(self.path / "memory.events").get("oom_kill", 0) > 0
+
     def remove(self) -> None:
-        for path in self.dirs.values():
-            for _ in range(50):
-                try:
-                    path.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as exc:  # EBUSY while the last task is leaving
-                    if exc.errno != errno.EBUSY:
-                        raise
-                    time.sleep(0.02)
+        if self._sampling is not None:
+            self._sampling.set()
+        super().remove()
+
+
+def _keyed(path: Path) -> dict[str, int]:
+    """A cgroup v2 flat-keyed file ("key value" lines) as a dict."""
+    values = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            values[key] = int(value)
+    return values
 
 
 class Members:
@@ -212,31 +404,72 @@ class Members:
 
 
 class UidLease:
-    """A uid of our range that no live run uses, held until `release()` (a lock file).
+    """A uid of the range at `base` that no live run uses, held until `release()` (a lock
+    file named after the uid, so installs with overlapping ranges share it too).
 
     A lock nobody holds means the run that had the uid is over (its worker may have died),
     so whatever still runs under that uid is killed before the uid is reused.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, base: int = UID_BASE) -> None:
         locks = UID_LOCK_DIR
         locks.mkdir(parents=True, exist_ok=True, mode=0o700)
         start = secrets.randbelow(UID_SLOTS)
         for i in range(UID_SLOTS):
-            slot = (start + i) % UID_SLOTS
-            fd = os.open(locks / f"{slot}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            uid = base + (start + i) % UID_SLOTS
+            fd = os.open(locks / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
                 continue
-            self.fd, self.uid = fd, UID_BASE + slot
+            self.fd, self.uid = fd, uid
             Members(None, self.uid).kill()
             return
         raise SandboxError(f"all {UID_SLOTS} sandbox uids are in use")
 
     def release(self) -> None:
         os.close(self.fd)
+
+
+def uid_range_problem(base: int, slots: int = UID_SLOTS, etc: Path = Path("/etc")) -> str | None:
+    """Why the uids base .. base + slots - 1 may not be ours alone, or None: a uid or gid of
+    `etc`/passwd, a gid of `etc`/group, or a subordinate range of `etc`/subuid or subgid
+    (`name:start:count`, handed to user namespaces) inside it. A run's files and processes
+    would be that user's, and the user's processes would be killed as leftovers of a run."""
+    last = base + slots - 1
+    ours = f"the sandbox's uid range {base}-{last}"
+    fix = "set AIMOS_SANDBOX_UID_BASE to a free range"
+    if base < 1 or last > UID_MAX:
+        return f"{ours} is not a range of valid uids (1-{UID_MAX}); {fix}"
+    for name, index, kind in (("passwd", 2, "uid"), ("passwd", 3, "gid"), ("group", 2, "gid")):
+        path = etc / name
+        for parts in (line.split(":") for line in _lines(path)):
+            value = parts[index] if index < len(parts) else ""
+            if value.isdigit() and base <= int(value) <= last:
+                return f"{path} gives {parts[0]!r} the {kind} {value}, inside {ours}; {fix}"
+    for name in ("subuid", "subgid"):
+        path = etc / name
+        for line in _lines(path):
+            owner, _, rest = line.partition(":")
+            start, _, count = rest.partition(":")
+            if not (start.strip().isdigit() and count.strip().isdigit()):
+                continue
+            first, end = int(start), int(start) + int(count) - 1
+            if int(count) > 0 and first <= last and end >= base:
+                return (
+                    f"{path} gives {owner!r} the range {first}-{end}, which overlaps {ours}; {fix}"
+                )
+    return None
+
+
+def _lines(path: Path) -> list[str]:
+    """The entries of a colon-separated /etc file (none when it does not exist)."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 class Spawner:

@@ -54,6 +54,6 @@ def limits_for(
         max_output_bytes=config.max_output_bytes,
         max_file_mb=config.max_file_mb,
         max_open_files=config.max_open_files,
-        tmp_mb=config.tmp_mb,
+        workspace_mb=config.workspace_mb,
         network=bool(manifest.get("network")) and config.allow_network,
     )

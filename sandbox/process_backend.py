@@ -1,20 +1,21 @@
 """The `process` backend: agents run under bubblewrap on this host, without a container engine.
 
-A run is `sh` (joins the run's cgroups) → `bwrap` (new PID, network, IPC, UTS and cgroup
+A run is `sh` (joins the run's cgroup) → `bwrap` (new PID, network, IPC, UTS and cgroup
 namespaces; a read-only view of /usr, a few /etc files, the Python install, the version's
-venv at /env and code at /code; a private size-capped /tmp and a writable /workspace;
---clearenv) → `prlimit` (memory, processes, file size, open files, CPU seconds, no core
-dumps) → `setpriv` (a dedicated unprivileged uid per run, no capabilities, NoNewPrivs) →
-the version's Python running `runner.py`.
+venv at /env and code at /code; one size-capped tmpfs /workspace holding /tmp; a seccomp
+filter; --clearenv) → `prlimit` (memory, processes, file size, open files, CPU seconds, no
+core dumps) → `setpriv` (a dedicated unprivileged uid per run, no capabilities, NoNewPrivs)
+→ the version's Python running `runner.py` (behind `netbridge.py` when the sandbox may reach
+the network through the egress proxy: builds, and runs allowed the network).
 
-Every process of a run is found through its cgroups or its dedicated uid (`confinement`).
+Every process of a run is found through its cgroup or its dedicated uid (`confinement`).
 The PID namespace dies with its init, so a run's daemons die with the run; the launcher dies
 with the worker process, so a crashed worker leaves no run going (`sweep()` then deletes
 what it left on disk and in /sys/fs/cgroup).
 
-Needs root (for the dedicated uids and cgroups) and bwrap. Otherwise `check()` and `start()`
-refuse with SandboxUnavailable, unless AIMOS_SANDBOX_ALLOW_UNISOLATED is set: then agents run
-as plain processes with rlimits only, and a loud warning is logged.
+Needs root, bwrap, libseccomp and cgroups (v1 or v2). Otherwise `check()` and `start()`
+refuse with SandboxUnavailable naming the cause, unless AIMOS_SANDBOX_ALLOW_UNISOLATED is
+set: then agents run as plain processes with rlimits only, and a loud warning is logged.
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from sandbox import seccomp
 from sandbox.base import (
     Backend,
     BuildError,
@@ -48,12 +52,18 @@ from sandbox.confinement import (
     KILL_DEADLINE_S,
     MB,
     SPAWNER,
+    UID_BASE,
     Cgroups,
+    CgroupsUnavailable,
     Members,
     UidLease,
+    detect,
     hold_lock,
+    uid_range_problem,
 )
+from sandbox.egress import PROXY_PORT, SOCKET_NAME, EgressPolicy, EgressProxy, proxy_environment
 from sandbox.protocol import RUNNER_PATH, StreamRun, inspection_from, run_request
+from sandbox.requirements import BuildRules, check_source_builds, requirements_file, tree_size
 
 logger = logging.getLogger("aimos.sandbox")
 
@@ -65,9 +75,13 @@ BUILD_LIMITS = Limits(
     pids=256,
     max_file_mb=1024,
     max_open_files=1024,
-    tmp_mb=256,
-    network=True,
+    workspace_mb=1024,
 )
+NETBRIDGE_PATH = Path(__file__).with_name("netbridge.py")
+WORKSPACE = "/workspace"
+TMP = f"{WORKSPACE}/.tmp"  # /tmp is a link here, so both share the workspace's cap
+SHM_MB = 16
+BUILD_SIZE_EVERY_S = 0.5
 # Read-only pieces of /etc a Python program may need (names, DNS, TLS roots, time zone).
 ETC_FILES = (
     "ld.so.cache",
@@ -107,9 +121,11 @@ class ProcessRun(StreamRun):
         lease: UidLease | None,
         run_dir: Path,
         run_lock: int,
+        proxy: EgressProxy | None = None,
     ) -> None:
         super().__init__(limits)
         self._run_lock = run_lock
+        self._proxy = proxy
         self.proc = proc
         self.members = members
         self.uid = lease.uid if lease else None
@@ -176,6 +192,8 @@ class ProcessRun(StreamRun):
                     stream.close()
                 except OSError:
                     pass
+        if self._proxy is not None:
+            self._proxy.close()
         try:
             if self.members.cgroups is not None:
                 self.members.cgroups.remove()
@@ -194,9 +212,20 @@ class ProcessBackend(Backend):
 
     name = "process"
 
-    def __init__(self, root: Path, *, allow_unisolated: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        allow_unisolated: bool = False,
+        build: BuildRules | None = None,
+        uid_base: int = UID_BASE,
+    ) -> None:
         self.root = Path(root)
         self.allow_unisolated = allow_unisolated
+        self.build = build or BuildRules()
+        self.uid_base = uid_base
+        # The kind of cgroups runs get here (found by `_problem`); None: runs get none.
+        self.cgroups: type[Cgroups] | None = None
         self._isolated: bool | None = None
         self._lock = threading.Lock()
         self.tools: dict[str, str] = {}
@@ -219,7 +248,12 @@ class ProcessBackend(Backend):
             )
 
     def _problem(self) -> str | None:
-        """Why this host cannot isolate runs, or None when it can."""
+        """Why this host cannot isolate runs, or None when it can. Also finds the kind of
+        cgroups runs get (`self.cgroups`; unisolated runs use them too)."""
+        try:
+            self.cgroups, no_cgroups = detect(), None
+        except CgroupsUnavailable as exc:
+            self.cgroups, no_cgroups = None, str(exc)
         for tool in ("bwrap", "setpriv"):
             if tool not in self.tools:
                 return f"{tool} is not installed (apt-get install bubblewrap util-linux)"
@@ -228,26 +262,44 @@ class ProcessBackend(Backend):
                 "the process sandbox must run as root, to give each run its own unprivileged "
                 "uid and cgroups"
             )
-        probe = subprocess.run(
-            [
-                self.tools["bwrap"],
-                *self._namespace_args(network=False),
-                "--ro-bind",
-                "/usr",
-                "/usr",
-                *self._system_links(),
-                "--proc",
-                "/proc",
-                "--dev",
-                "/dev",
-                "/usr/bin/true",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        if no_cgroups is not None:
+            return f"runs cannot get cgroups (memory, processes, CPU, freezing): {no_cgroups}"
+        no_seccomp = seccomp.problem()
+        if no_seccomp is not None:
+            return f"runs cannot get their seccomp filter: {no_seccomp}"
+        uids_taken = uid_range_problem(self.uid_base)
+        if uids_taken is not None:
+            return uids_taken
+        program = seccomp.program_fd()
+        try:
+            probe = subprocess.run(
+                [
+                    self.tools["bwrap"],
+                    *self._namespace_args(),
+                    "--ro-bind",
+                    "/usr",
+                    "/usr",
+                    *self._system_links(),
+                    "--proc",
+                    "/proc",
+                    "--dev",
+                    "/dev",
+                    "--seccomp",
+                    str(program),
+                    "/usr/bin/true",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                pass_fds=(program,),
+            )
+        finally:
+            os.close(program)
         if probe.returncode != 0:
-            return f"bwrap cannot create namespaces here: {probe.stderr.strip()}"
+            return (
+                "bwrap cannot create namespaces or load the seccomp filter here: "
+                f"{probe.stderr.strip()}"
+            )
         return None
 
     def _check_isolation(self) -> bool:
@@ -282,9 +334,20 @@ class ProcessBackend(Backend):
         self._check_isolation()
         self.sweep()
 
+    def availability(self) -> str | None:
+        """None when runs can be isolated here (or unisolated runs are allowed), else why not.
+        Sweeps nothing; a success is remembered by this instance, a failure is probed again."""
+        try:
+            self._check_isolation()
+        except SandboxUnavailable as exc:
+            return str(exc)
+        return None
+
     def sweep(self) -> list[str]:
         """Kill and delete the runs under this root that nobody holds any more (their worker
-        died: its lock on the run went with it). Returns their ids."""
+        died: its lock on the run went with it). Returns their ids. Raises SandboxUnavailable
+        as `check()` does."""
+        self._check_isolation()  # finds self.cgroups
         swept = []
         runs = self.root / "runs"
         for run_dir in runs.iterdir() if runs.is_dir() else ():
@@ -293,7 +356,7 @@ class ProcessBackend(Backend):
             except (BlockingIOError, FileNotFoundError, NotADirectoryError):
                 continue  # a live run (or one still being made)
             try:
-                cgroups = Cgroups(run_dir.name) if Cgroups.available() else None
+                cgroups = self.cgroups(run_dir.name) if self.cgroups is not None else None
                 if cgroups is not None:
                     Members(cgroups, None).kill()
                     cgroups.remove()
@@ -309,8 +372,10 @@ class ProcessBackend(Backend):
         self, source_dir: Path, manifest: dict[str, Any], *, key: str, log: LogSink | None = None
     ) -> Environment:
         """Build `<root>/envs/<key>/` = a venv with the requirements (pip runs in the sandbox,
-        with network) and a copy of the code. Replaces a previous build of the same key.
-        Raises BuildError with pip's output when installing fails."""
+        reaching only the package index through the egress proxy; wheels only unless source
+        builds are allowed) and a copy of the code. Replaces a previous build of the same key.
+        Raises BuildError with pip's output when installing fails, and when the environment
+        would grow past the build rules' `max_mb`."""
         if not _KEY.match(key):
             raise ValueError(f"invalid environment key {key!r}")
         runtime = manifest.get("runtime")
@@ -334,9 +399,11 @@ class ProcessBackend(Backend):
                 capture_output=True,
                 text=True,
             )
-            requirements = _requirements_file(build / "code", manifest)
+            requirements = requirements_file(build / "code", manifest)
             if requirements is not None:
+                check_source_builds(build / "code", requirements, self.build)
                 self._install(build, requirements, say, isolated=isolated)
+            self._check_size(build)
             if final.exists():
                 shutil.rmtree(final)
             build.rename(final)
@@ -355,30 +422,45 @@ class ProcessBackend(Backend):
         )
 
     def _install(self, build: Path, requirements: str, say: LogSink, *, isolated: bool) -> None:
-        """pip install -r inside the sandbox (a uid of its own, network allowed, limits)."""
+        """pip install -r inside the sandbox: a uid of its own, limits, the package index as
+        its only destination (refusals go to the build log), killed when the environment
+        grows past `max_mb` or the build takes longer than its timeout."""
         bundled = (self.python_prefix / "lib").glob("python3*/ensurepip/_bundled/pip-*.whl")
         wheel = next(bundled, None)
         if wheel is None:
             raise BuildError(f"no pip wheel bundled with the Python at {self.python_prefix}")
-        say(f"installing {requirements}")
+        rules = self.build
+        say(f"installing {requirements}" + ("" if rules.allow_source else " (wheels only)"))
         venv = build / "venv"
         python = "/env/bin/python" if isolated else str(venv / "bin/python")
-        pip = [python, str(wheel / "pip"), "install", "--no-input", "--no-cache-dir",
-               "--disable-pip-version-check", "--progress-bar", "off",
-               "--no-warn-script-location", "-r", requirements]  # fmt: skip
+        pip = [python, str(wheel / "pip"), *rules.pip_install(requirements)]
+        limits = replace(BUILD_LIMITS, timeout_seconds=rules.timeout_seconds)
+        egress = EgressPolicy.for_build(rules.index_hosts).with_host_addresses()
         run = self._spawn(
-            venv, build / "code", pip, limits=BUILD_LIMITS, isolated=isolated,
-            writable_env=True, stdin=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            venv, build / "code", pip, limits=limits, isolated=isolated, writable_env=True,
+            egress=egress, on_refusal=lambda text: say(f"network: {text}"),
+            stdin=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )  # fmt: skip
         output: deque[str] = deque(maxlen=200)
-        timed_out = threading.Event()
+        stop = threading.Event()
+        why: list[str] = []
 
-        def give_up() -> None:
-            timed_out.set()
-            run.members.kill()
+        def watch() -> None:
+            """Kill pip at the deadline or when the environment grows past the cap."""
+            deadline = time.monotonic() + limits.timeout_seconds
+            while not stop.wait(BUILD_SIZE_EVERY_S):
+                if time.monotonic() > deadline:
+                    seconds = limits.timeout_seconds
+                    why.append(f"installing requirements took longer than {seconds:g} s")
+                elif tree_size(build) > rules.max_mb * MB:
+                    why.append(self._too_large(rules))
+                else:
+                    continue
+                run.members.kill()
+                return
 
-        timer = threading.Timer(BUILD_LIMITS.timeout_seconds, give_up)
-        timer.start()
+        watcher = threading.Thread(target=watch, name="build-watch", daemon=True)
+        watcher.start()
         try:
             assert run.proc.stdout is not None
             for raw in iter(lambda: run.proc.stdout.readline(65536), b""):
@@ -387,21 +469,34 @@ class ProcessBackend(Backend):
                 say(line)
             code = run._exit_status()
         finally:
-            timer.cancel()
+            stop.set()
+            watcher.join()
             run.members.kill()  # anything pip left behind
             if run.proc.returncode is None:
                 run._exit_status()
             run._release()
             if os.geteuid() == 0:
                 _chown_tree(venv, 0)
-        if timed_out.is_set():
-            raise BuildError(
-                f"installing requirements took longer than {BUILD_LIMITS.timeout_seconds:g} s"
-            )
+        if why:
+            say(why[0])
+            raise BuildError(why[0])
         if code != 0:
+            hint = "" if rules.allow_source else " (this server installs wheels only)"
             raise BuildError(
-                f"pip install -r {requirements} failed (exit code {code}):\n" + "\n".join(output)
+                f"pip install -r {requirements} failed (exit code {code}){hint}:\n"
+                + "\n".join(output)
             )
+
+    def _check_size(self, build: Path) -> None:
+        if tree_size(build) > self.build.max_mb * MB:
+            raise BuildError(self._too_large(self.build))
+
+    @staticmethod
+    def _too_large(rules: BuildRules) -> str:
+        return (
+            f"the environment grew past AIMOS_BUILD_MAX_MB ({rules.max_mb} MB); "
+            "the build was stopped"
+        )
 
     def remove(self, env: Environment) -> None:
         """Delete the environment's directory (nothing else is shared)."""
@@ -446,8 +541,9 @@ class ProcessBackend(Backend):
         else:
             argv = [str(location / "venv/bin/python"), "-I", "-B", str(RUNNER_PATH),
                     str(location / "code")]  # fmt: skip
+        egress = EgressPolicy.for_run().with_host_addresses() if limits.network else None
         run = self._spawn(location / "venv", location / "code", argv, limits=limits,
-                          isolated=isolated)  # fmt: skip
+                          isolated=isolated, egress=egress)  # fmt: skip
         run._begin(run.proc.stdout)
         threading.Thread(target=_feed, args=(run.proc, request), daemon=True).start()
         return run
@@ -461,16 +557,22 @@ class ProcessBackend(Backend):
         limits: Limits,
         isolated: bool,
         writable_env: bool = False,
+        egress: EgressPolicy | None = None,
+        on_refusal: LogSink | None = None,
         stdin: int = subprocess.PIPE,
         stderr: int = subprocess.PIPE,
     ) -> ProcessRun:
-        """Start `argv` confined. Isolated: bwrap, a uid of its own (owning the workspace, and
-        the venv when `writable_env`), rlimits, cgroups. Unisolated: rlimits and cgroups only."""
+        """Start `argv` confined. Isolated: bwrap with a network namespace of its own (its one
+        way out, when `egress` is given, the egress proxy on a Unix socket), a uid of its own
+        (owning the venv when `writable_env`), a size-capped workspace holding /tmp, rlimits,
+        cgroups. Unisolated: rlimits and cgroups only."""
         run_id = secrets.token_hex(8)
         run_dir = self.root / "runs" / run_id
-        cgroups = Cgroups(run_id) if Cgroups.available() else None
-        lease = UidLease() if isolated else None
+        cgroups = self.cgroups(run_id) if self.cgroups is not None else None
+        lease = UidLease(self.uid_base) if isolated else None
         run_lock = None
+        program = None  # the seccomp filter's fd, for bwrap
+        proxy = None
         try:
             workspace = run_dir / "workspace"
             workspace.mkdir(parents=True)
@@ -495,9 +597,20 @@ class ProcessBackend(Backend):
                 command += [self.tools["setpriv"], f"--reuid={lease.uid}", f"--regid={lease.uid}",
                             "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
                             "--no-new-privs", "--"]  # fmt: skip
+            if isolated and egress is not None:
+                (run_dir / "net").mkdir(mode=0o755)
+                proxy = EgressProxy(run_dir / "net" / SOCKET_NAME, egress, on_refusal=on_refusal)
+                proxy.start()
+                variables.update(proxy_environment())
+                argv = [argv[0], "-I", "-S", "/aimos/netbridge.py", f"/aimos/net/{SOCKET_NAME}",
+                        str(PROXY_PORT), "--", *argv]  # fmt: skip
             command += argv
             if isolated:
-                bwrap = self._bwrap_args(venv, code, run_dir, limits, variables, writable_env)
+                program = seccomp.program_fd()
+                bwrap = self._bwrap_args(
+                    venv, code, run_dir, limits, variables, writable_env, egress=proxy is not None,
+                    seccomp_fd=program,
+                )  # fmt: skip
                 command = [*bwrap, "--", *command]
             else:
                 command = [self.tools["env"], "-i", *(f"{k}={v}" for k, v in variables.items()),
@@ -521,8 +634,11 @@ class ProcessBackend(Backend):
                 cwd=str(code if not isolated else run_dir),
                 start_new_session=True,
                 close_fds=True,
+                pass_fds=() if program is None else (program,),
             )
         except BaseException:
+            if proxy is not None:
+                proxy.close()
             if cgroups is not None:
                 cgroups.remove()
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -531,19 +647,24 @@ class ProcessBackend(Backend):
             if lease is not None:
                 lease.release()
             raise
+        finally:
+            if program is not None:
+                os.close(program)  # bwrap has its own copy
         members = Members(cgroups, lease.uid if lease else None)
         if cgroups is None and lease is None:
             members.pgid = proc.pid
-        return ProcessRun(limits, proc, members, lease=lease, run_dir=run_dir, run_lock=run_lock)
+        return ProcessRun(
+            limits, proc, members, lease=lease, run_dir=run_dir, run_lock=run_lock, proxy=proxy
+        )
 
     # -- bwrap --
 
     @staticmethod
-    def _namespace_args(*, network: bool) -> list[str]:
-        args = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
-        if not network:
-            args.append("--unshare-net")
-        return args + ["--die-with-parent", "--new-session"]
+    def _namespace_args() -> list[str]:
+        """Namespaces of every sandbox; the network one always (never the host's network, nor
+        its abstract Unix sockets, which belong to the network namespace)."""
+        return ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+                "--unshare-net", "--die-with-parent", "--new-session"]  # fmt: skip
 
     @staticmethod
     def _system_links() -> list[str]:
@@ -565,8 +686,14 @@ class ProcessBackend(Backend):
         limits: Limits,
         variables: dict[str, str],
         writable_env: bool,
+        *,
+        egress: bool = False,
+        seccomp_fd: int,
     ) -> list[str]:
-        args = [self.tools["bwrap"], *self._namespace_args(network=limits.network)]
+        """`seccomp_fd`: the filter's BPF program (`seccomp.program_fd()`), inherited by bwrap,
+        which loads it just before it runs the command."""
+        args = [self.tools["bwrap"], *self._namespace_args()]
+        args += ["--seccomp", str(seccomp_fd)]
         args += ["--hostname", "aimos"]
         args += ["--ro-bind", "/usr", "/usr", *self._system_links()]
         args += ["--perms", "0755", "--dir", "/etc"]
@@ -584,11 +711,15 @@ class ProcessBackend(Backend):
         args += ["--ro-bind", str(code), "/code"]
         args += ["--perms", "0755", "--dir", "/aimos"]
         args += ["--ro-bind", str(RUNNER_PATH), "/aimos/runner.py"]
+        if egress:
+            args += ["--ro-bind", str(NETBRIDGE_PATH), "/aimos/netbridge.py"]
+            args += ["--ro-bind", str(run_dir / "net"), "/aimos/net"]
         args += ["--proc", "/proc", "--dev", "/dev"]
-        tmp_bytes = str(limits.tmp_mb * MB)
-        args += ["--perms", "1777", "--size", tmp_bytes, "--tmpfs", "/tmp"]
-        args += ["--perms", "1777", "--size", tmp_bytes, "--tmpfs", "/dev/shm"]
-        args += ["--bind", str(run_dir / "workspace"), "/workspace"]
+        # One filesystem, capped, for everything a run writes: the workspace, and /tmp in it.
+        args += ["--perms", "1777", "--size", str(limits.workspace_mb * MB), "--tmpfs", WORKSPACE]
+        args += ["--perms", "1777", "--dir", TMP, "--symlink", TMP, "/tmp"]
+        shm_mb = min(SHM_MB, limits.workspace_mb)
+        args += ["--perms", "1777", "--size", str(shm_mb * MB), "--tmpfs", "/dev/shm"]
         args += ["--remount-ro", "/", "--chdir", "/code", "--clearenv"]
         for name, value in variables.items():
             args += ["--setenv", name, value]
@@ -632,17 +763,6 @@ def _write_identity(run_dir: Path, uid: int) -> None:
         f"agent:x:{uid}:{uid}:agent:/workspace:/usr/sbin/nologin\n"
     )
     (run_dir / "group").write_text(f"root:x:0:\nagent:x:{uid}:\n")
-
-
-def _requirements_file(code: Path, manifest: dict[str, Any]) -> str | None:
-    """The requirements file named by the manifest (or requirements.txt), relative to the code."""
-    name = manifest.get("requirements")
-    if not name:
-        return "requirements.txt" if (code / "requirements.txt").is_file() else None
-    path = (code / str(name)).resolve()
-    if not path.is_relative_to(code.resolve()) or not path.is_file():
-        raise BuildError(f"requirements file {name!r} not found in the package")
-    return str(path.relative_to(code.resolve()))
 
 
 def _copy_readable(source: Path, target: Path) -> None:

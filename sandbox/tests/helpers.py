@@ -20,7 +20,7 @@ TEST_LIMITS = Limits(
     max_output_bytes=256 * 1024,
     max_file_mb=8,
     max_open_files=128,
-    tmp_mb=16,
+    workspace_mb=16,
 )
 
 

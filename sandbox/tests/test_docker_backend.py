@@ -1,14 +1,18 @@
-"""The docker backend on the real engine: images per version, containers that never linger,
-the offline base image. (The shared abuse and runner suites cover the docker backend too.)"""
+"""The docker backend on the real engine: images per version built without a network, within
+their limits, containers that never linger, one cap for the workspace and /tmp, the offline
+base image. (The shared abuse and runner suites cover the docker backend too; its network
+egress is in test_docker_egress.py.)"""
 
 from __future__ import annotations
 
 import io
 import ipaddress
+import os
 import textwrap
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import docker
@@ -16,12 +20,17 @@ import docker.errors
 import pytest
 from django.core.management import call_command
 
-from sandbox.base import BuildError, Limits, SandboxUnavailable, Status
+from sandbox.base import BuildError, ErrorType, Limits, SandboxUnavailable, Status
 from sandbox.base_image import build_base_image
-from sandbox.docker_backend import LABEL_RUN, DockerBackend
-from sandbox.tests.helpers import wheel
+from sandbox.docker_backend import LABEL_BUILD, LABEL_RUN, DockerBackend
+from sandbox.requirements import BuildRules
+from sandbox.tests.helpers import log_messages, wheel
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+# No test reaches a package index: requirements are wheel files inside the package, and the
+# index (were pip to ask it) is a host the builds' egress proxy refuses.
+OFFLINE = BuildRules(index_url="http://index.invalid/simple", index_hosts=())
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +47,7 @@ def engine() -> docker.DockerClient:
 def docker_backend(engine: docker.DockerClient) -> DockerBackend:
     from sandbox.backends import sandbox_config
 
-    backend = DockerBackend.from_config(sandbox_config())
+    backend = DockerBackend.from_config(replace(sandbox_config(), build=OFFLINE))
     backend.check()
     return backend
 
@@ -48,7 +57,7 @@ def make_env(docker_backend: DockerBackend, tmp_path: Path):
     """Build a version from files {relative path: text}; its image is removed afterwards."""
     made = []
 
-    def make(files: dict[str, str | bytes], manifest: dict | None = None, log=None):
+    def make(files: dict[str, str | bytes], manifest: dict | None = None, log=None, backend=None):
         source = tmp_path / f"src-{len(made)}"
         for name, content in files.items():
             path = source / name
@@ -59,7 +68,7 @@ def make_env(docker_backend: DockerBackend, tmp_path: Path):
                 path.write_text(textwrap.dedent(content))
         key = f"test-{uuid.uuid4().hex[:12]}"
         made.append(key)
-        return docker_backend.prepare(source, manifest or {}, key=key, log=log)
+        return (backend or docker_backend).prepare(source, manifest or {}, key=key, log=log)
 
     yield make
     for key in made:
@@ -71,6 +80,42 @@ def make_env(docker_backend: DockerBackend, tmp_path: Path):
 
 def run_containers(engine: docker.DockerClient) -> list:
     return engine.containers.list(all=True, filters={"label": LABEL_RUN})
+
+
+def agent_tags(engine: docker.DockerClient, repository: str) -> list[str]:
+    tags = [tag for image in engine.images.list() for tag in image.tags]
+    return [tag for tag in tags if tag.startswith(f"{repository}:test-")]
+
+
+def build_containers(engine: docker.DockerClient) -> list:
+    """Build containers of this module's versions (keys `test-…`) still known to the engine."""
+    found = engine.containers.list(all=True, filters={"label": LABEL_BUILD})
+    return [c for c in found if c.labels[LABEL_BUILD].startswith("test-")]
+
+
+def wheel_with_data(name: str, size_mb: int) -> tuple[str, bytes]:
+    """A wheel of the package `name` holding `size_mb` MiB of random (incompressible) data."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = f"{name}-0.1.dist-info"
+    files = {
+        f"{name}/__init__.py": b"",
+        f"{name}/blob.bin": os.urandom(size_mb << 20),
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    files[f"{dist}/RECORD"] = ("\n".join([*record, f"{dist}/RECORD,,"]) + "\n").encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+    return f"{name}-0.1-py3-none-any.whl", buffer.getvalue()
 
 
 def test_prepare_installs_the_versions_requirements_into_its_own_image(make_env, docker_backend):
@@ -136,8 +181,115 @@ def test_a_failing_install_is_a_build_error_with_pips_output(make_env, docker_ba
         )
 
     assert "missing-1.0-py3-none-any.whl" in str(caught.value)
-    tags = [tag for image in engine.images.list() for tag in image.tags]
-    assert not [tag for tag in tags if tag.startswith(f"{docker_backend.agent_image}:test-")]
+    assert agent_tags(engine, docker_backend.agent_image) == []
+    assert build_containers(engine) == []
+
+
+def test_a_version_image_runs_as_the_agent_with_the_runner_bridge_and_tmp_in_the_workspace(
+    make_env, engine
+):
+    wheel_name, wheel_bytes = wheel("tinydep", "0.1", "VALUE = 42\n")
+    env = make_env(
+        {
+            "agent/main.py": "def handle(p):\n    return p\n",
+            "requirements.txt": f"./{wheel_name}\n",
+            wheel_name: wheel_bytes,
+        }
+    )
+
+    config = engine.api.inspect_image(env.location)["Config"]
+    listing = engine.containers.run(
+        env.location,
+        [
+            "sh",
+            "-c",
+            "stat -c '%n %U %a' /opt/aimos/* /opt/aimos/agent/agent/main.py; readlink /tmp",
+        ],
+        network_mode="none",
+        remove=True,
+    )
+
+    assert config["User"] == "10001:10001"
+    assert config["WorkingDir"] == "/opt/aimos/agent"
+    assert "HOME=/tmp" in config["Env"]
+    assert not [v for v in config["Env"] if v.lower().startswith(("http_proxy", "https_proxy"))]
+    assert "index.invalid" not in repr(engine.api.inspect_image(env.location))
+    assert listing.decode().split("\n") == [
+        "/opt/aimos/agent root 755",
+        "/opt/aimos/netbridge.py root 644",
+        "/opt/aimos/runner.py root 644",
+        "/opt/aimos/venv agent 755",
+        "/opt/aimos/agent/agent/main.py root 644",
+        "/workspace/.tmp",
+        "",
+    ]
+
+
+def test_a_build_that_grows_past_max_mb_fails_clearly_and_tags_nothing(
+    make_env, docker_backend, engine
+):
+    small = DockerBackend(
+        base_image=docker_backend.base_image,
+        agent_image=docker_backend.agent_image,
+        build=replace(OFFLINE, max_mb=20),
+        egress_root=docker_backend.egress_root,
+    )
+    wheel_name, wheel_bytes = wheel_with_data("bulky", 12)
+    lines: list[str] = []
+
+    with pytest.raises(BuildError) as caught:
+        make_env(
+            {
+                "agent/main.py": "def handle(p):\n    return p\n",
+                "requirements.txt": f"./{wheel_name}\n",
+                wheel_name: wheel_bytes,
+            },
+            log=lines.append,
+            backend=small,
+        )
+
+    clear = "the environment grew past AIMOS_BUILD_MAX_MB (20 MB)"
+    assert clear in str(caught.value)
+    assert any(line.startswith(clear) for line in lines)
+    assert agent_tags(engine, docker_backend.agent_image) == []
+    assert build_containers(engine) == []
+
+
+def test_a_build_is_stopped_at_its_timeout(make_env, docker_backend, engine):
+    quick = DockerBackend(
+        base_image=docker_backend.base_image,
+        agent_image=docker_backend.agent_image,
+        build=replace(OFFLINE, allow_source=True, timeout_seconds=3),
+        egress_root=docker_backend.egress_root,
+    )
+    lines: list[str] = []
+    started = time.monotonic()
+
+    with pytest.raises(BuildError, match="took longer than 3 s"):
+        make_env(
+            {
+                "agent/main.py": "def handle(p):\n    return p\n",
+                "requirements.txt": "./slow\n",
+                "slow/pyproject.toml": """
+                    [build-system]
+                    requires = []
+                    build-backend = "slow_backend"
+                    backend-path = ["."]
+                """,
+                "slow/slow_backend.py": """
+                    import time
+                    def get_requires_for_build_wheel(config_settings=None):
+                        time.sleep(600)
+                """,
+            },
+            log=lines.append,
+            backend=quick,
+        )
+
+    assert time.monotonic() - started < 3 + 30
+    assert "installing the requirements took longer than 3 s" in lines
+    assert agent_tags(engine, docker_backend.agent_image) == []
+    assert build_containers(engine) == []
 
 
 def test_remove_deletes_the_versions_image(make_env, docker_backend, engine):
@@ -256,6 +408,42 @@ def test_peak_memory_and_cpu_time_come_from_the_containers_cgroup(make_env, dock
     assert outcome.status == Status.COMPLETED
     assert outcome.peak_memory_mb is not None and outcome.peak_memory_mb >= 100
     assert outcome.cpu_ms is not None and outcome.cpu_ms > 50
+
+
+def test_writes_to_the_workspace_and_tmp_share_one_cap(make_env, docker_backend, engine):
+    env = make_env(
+        {
+            "agent/main.py": """
+                def handle(p):
+                    written = {"/workspace": 0, "/tmp": 0}
+                    try:
+                        for i in range(1000):
+                            for folder in written:
+                                with open(f"{folder}/f{i}", "wb") as f:
+                                    f.write(b"x" * (1 << 20))
+                                written[folder] += 1
+                    finally:
+                        print("written", written["/workspace"], written["/tmp"], flush=True)
+
+                def ok(p):
+                    return "ok"
+            """
+        }
+    )
+    limits = Limits(workspace_mb=16, max_file_mb=8)
+
+    run = docker_backend.start(env, "agent.main:handle", None, limits=limits)
+    events = list(run.events())
+    outcome = run.wait(60)
+    after = docker_backend.start(env, "agent.main:ok", None, limits=limits).wait(60)
+
+    assert (outcome.status, outcome.error_type) == (Status.FAILED, ErrorType.RESOURCE_LIMIT)
+    (line,) = [m for m in log_messages(events) if m.startswith("written")]
+    in_workspace, in_tmp = map(int, line.split()[1:])
+    assert in_workspace >= 1 and in_tmp >= 1
+    assert 12 <= in_workspace + in_tmp <= 16
+    assert run.container_id not in {c.id for c in run_containers(engine)}
+    assert (after.status, after.output) == (Status.COMPLETED, "ok")
 
 
 def test_the_code_is_read_only_and_only_tmp_and_workspace_are_writable(make_env, docker_backend):

@@ -18,7 +18,7 @@ SERVER = SandboxConfig(
     max_output_bytes=5000,
     max_file_mb=10,
     max_open_files=64,
-    tmp_mb=32,
+    workspace_mb=32,
 )
 
 
@@ -31,7 +31,7 @@ def test_defaults_without_wishes():
         64,
     )
     assert (limits.max_output_bytes, limits.max_file_mb, limits.max_open_files) == (5000, 10, 64)
-    assert limits.tmp_mb == 32
+    assert limits.workspace_mb == 32
     assert limits.network is False
 
 

@@ -120,7 +120,7 @@ def test_failing_requirements_raise_build_error_with_pips_output(process_backend
 
 
 def test_requirements_outside_the_package_are_refused(process_backend, source):
-    with pytest.raises(BuildError, match="not found in the package"):
+    with pytest.raises(BuildError, match="outside the package"):
         process_backend.prepare(source, {"requirements": "../../etc/passwd"}, key="outside")
 
 
