@@ -78,11 +78,12 @@ def rq_queues():
 
 @pytest.fixture
 def drain_queues(rq_queues):
-    """Runs a real RQ worker in burst mode, in this process, until the queues are empty."""
-    from rq import SimpleWorker
+    """Runs a real RQ worker in burst mode, in this process, until the queues are empty; it
+    follows the platform workers' rules (aimos.jobs.OwnJobsOnly)."""
+    from aimos.jobs import SimpleJSONWorker
 
     def drain() -> None:
-        SimpleWorker(rq_queues, connection=rq_queues[0].connection).work(burst=True)
+        SimpleJSONWorker(rq_queues, connection=rq_queues[0].connection).work(burst=True)
 
     return drain
 
@@ -127,6 +128,7 @@ class LiveStack:
             ],
         )
         self.workers = [self.start_worker() for _ in range(workers)]
+        self.upkeep = self._spawn("upkeep", [self.python, "manage.py", "upkeep"])
         self._wait_until_up()
         self.subprocess = subprocess
 
@@ -179,10 +181,10 @@ class LiveStack:
         import os
         import signal
 
-        for process in [self.web, *self.workers]:
+        for process in [self.web, self.upkeep, *self.workers]:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
-        for process in [self.web, *self.workers]:
+        for process in [self.web, self.upkeep, *self.workers]:
             try:
                 process.wait(timeout=15)
             except Exception:
@@ -260,8 +262,6 @@ def live_stack(django_db_setup, django_db_blocker):
 @pytest.fixture
 def live(live_stack, transactional_db, settings):
     """The live stack for one test; the test process uses the same short timings."""
-    from aimos.jobs import schedule_maintenance
-
     url = live_stack.env["REDIS_URL"]
     settings.REDIS_URL = url
     settings.RQ_QUEUES = {
@@ -274,5 +274,4 @@ def live(live_stack, transactional_db, settings):
     settings.AIMOS_MAX_PAUSE_SECONDS = int(LIVE_SETTINGS["AIMOS_MAX_PAUSE_SECONDS"])
     settings.AIMOS_MAINTENANCE_INTERVAL = int(LIVE_SETTINGS["AIMOS_MAINTENANCE_INTERVAL"])
     live_stack.replace_dead_workers()
-    schedule_maintenance()
     return live_stack

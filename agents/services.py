@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -187,15 +188,21 @@ def check_upload_size(size: int | None) -> None:
 
 
 def _staging_root() -> Path:
-    path = Path(settings.AIMOS_ARTIFACT_ROOT) / ".staging"
-    path.mkdir(parents=True, exist_ok=True)
+    """The staging folder, under an artifact root that only the server's user may enter
+    (0700: created so, or tightened). Sandboxes get a copy of the code, never this folder."""
+    root = Path(settings.AIMOS_ARTIFACT_ROOT)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if root.stat().st_mode & 0o077:
+        root.chmod(0o700)
+    path = root / ".staging"
+    path.mkdir(mode=0o700, exist_ok=True)
     return path
 
 
 def _copy_capped(upload: IO[bytes], target: Path) -> None:
     limit = settings.AIMOS_UPLOAD_MAX_BYTES
     written = 0
-    with target.open("wb") as out:
+    with os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
         chunks = (
             upload.chunks()
             if hasattr(upload, "chunks")

@@ -16,7 +16,8 @@ import redis
 def _var_dir() -> Path:
     base = Path(__file__).resolve().parent.parent
     path = Path(os.environ.get("AIMOS_VAR_DIR", base / "var")).resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    # Private from the start, as the settings make it (they tighten an older, looser one).
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
 
 

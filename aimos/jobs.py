@@ -1,36 +1,63 @@
-"""Periodic upkeep, run by the workers: a job that reschedules itself.
-
-`schedule_maintenance()` (called by the launcher, idempotent thanks to the fixed job id)
-starts the cycle; each run repairs what dead workers left behind.
-"""
+"""The project's RQ workers: JSON jobs, and only the functions of our `jobs` modules."""
 
 import logging
-from datetime import timedelta
 
-from django.conf import settings
+from rq import SimpleWorker, Worker
+from rq.serializers import JSONSerializer
 
 logger = logging.getLogger(__name__)
 
-JOB_ID = "aimos-maintenance"
+
+class OwnJobsOnly:
+    """A worker mixin: reads and writes jobs as JSON only, whatever serializer it is given, and
+    runs a job only when it and its callbacks are functions of our `jobs` modules.
+
+    django-rq passes `--serializer`, whose default is pickle: a worker that unpickles would run
+    whatever code a forged job in Redis carries. A JSON job still names a function to import
+    and call, so the name is checked too. A job that fails either check fails unrun."""
+
+    def __init__(self, *args, serializer=None, **kwargs) -> None:
+        super().__init__(*args, serializer=JSONSerializer, **kwargs)
+
+    def perform_job(self, job, queue) -> bool:
+        refused = foreign_function(job)
+        if refused is not None:
+            logger.error("refused job %s: %s", job.id, refused)
+            self.handle_job_failure(job, queue, exc_string=f"refused: {refused}")
+            return False
+        return super().perform_job(job, queue)
 
 
-def maintenance() -> dict:
-    from agents.services import fail_stale_builds
-    from aimos import feed
-    from aimos.system import sample_for_maintenance
-    from executions.services import sweep_lost_runs
-
-    done = {"stale_builds": fail_stale_builds(), **sweep_lost_runs()}
-    done["metrics_sample"] = sample_for_maintenance()
-    done["metrics_update"] = feed.broadcast_metrics_if_due()
-    schedule_maintenance()
-    return done
+class JSONWorker(OwnJobsOnly, Worker):
+    """The worker of `manage.py rqworker` and `rqworker-pool` (settings.RQ's WORKER_CLASS)."""
 
 
-def schedule_maintenance() -> None:
-    import django_rq
+JOB_MODULES = ("agents.jobs", "executions.jobs", "aimos.jobs")
 
-    queue = django_rq.get_queue("default")
-    queue.enqueue_in(
-        timedelta(seconds=settings.AIMOS_MAINTENANCE_INTERVAL), maintenance, job_id=JOB_ID
-    )
+
+def foreign_function(job) -> str | None:
+    """Why `job` may not run here (it names a function outside JOB_MODULES), or None."""
+    try:
+        if job.instance is not None:
+            return "a job may not call a method of an object"
+        names = [job.func_name]
+    except Exception as exc:  # noqa: BLE001 — undecodable data is refused, not raised
+        return f"unreadable job data ({type(exc).__name__})"
+    for attribute in ("success_callback_name", "failure_callback_name", "stopped_callback_name"):
+        name = getattr(job, f"_{attribute}", None)
+        if name:
+            names.append(name)
+    for name in names:
+        module, _, function = str(name).rpartition(".")
+        if module not in JOB_MODULES or not function.isidentifier():
+            return f"{name} is not a job of this project"
+    return None
+
+
+class SimpleJSONWorker(OwnJobsOnly, SimpleWorker):
+    """The same rules, running jobs in its own process (the test suite's burst worker)."""
+
+
+def ping() -> str:
+    """Does nothing but answer: the baseline job of `bench/execute.py`."""
+    return "pong"

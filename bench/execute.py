@@ -96,6 +96,7 @@ def main() -> None:
         from accounts.models import User
         from accounts.services import create_api_key
         from agents.tests.packages import example_files, pack_files
+        from aimos.jobs import ping
 
         user, _ = User.objects.get_or_create(
             username="bench", defaults={"email": "bench@localhost"}
@@ -124,7 +125,7 @@ def main() -> None:
 
         def job(index: int) -> float:
             started = time.perf_counter()
-            queued = queue.enqueue(abs, 0)  # a job that does nothing
+            queued = queue.enqueue(ping)  # a job that does nothing
             result = queued.latest_result(timeout=60)
             assert result is not None and result.type == result.Type.SUCCESSFUL
             return time.perf_counter() - started

@@ -325,7 +325,7 @@ def enqueue_delivery(delivery_id: str) -> None:
     delays = settings.AIMOS_WEBHOOK_RETRY_DELAYS
     django_rq.get_queue("default").enqueue(
         jobs.deliver_webhook,
-        delivery_id,
+        str(delivery_id),
         retry=Retry(max=len(delays), interval=delays) if delays else None,
         job_timeout=int(settings.AIMOS_WEBHOOK_TIMEOUT_SECONDS) + 30,
     )

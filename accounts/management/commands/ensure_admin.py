@@ -1,6 +1,9 @@
 """Make sure an admin account exists, and say how to log in."""
 
+import os
 import secrets
+import tempfile
+from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -27,13 +30,27 @@ class Command(BaseCommand):
             password = env.string("AIMOS_ADMIN_PASSWORD")
             if not password:
                 password = secrets.token_urlsafe(12)
-                password_file.write_text(password + "\n")
-                password_file.chmod(0o600)
+                write_private(password_file, password + "\n")
             admin = User.objects.create_superuser(username=username, email=email, password=password)
             self.stdout.write(f"Created the admin account {username!r}.")
-        where = (
-            f"password in {password_file}"
-            if password_file.exists()
-            else "the password you set (AIMOS_ADMIN_PASSWORD)"
-        )
+        if password_file.exists():
+            if password_file.stat().st_mode & 0o077:
+                password_file.chmod(0o600)
+            where = f"password in {password_file}"
+        else:
+            where = "the password you set (AIMOS_ADMIN_PASSWORD)"
         self.stdout.write(f"Admin: log in at /admin/ as {admin.username!r} ({where}).")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` with a file holding `text` that only its owner may read: written aside
+    with mode 0600, then renamed into place, so it is never readable by others, not even
+    for a moment, and never seen half-written."""
+    fd, draft = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(draft, path)
+    except BaseException:
+        os.unlink(draft)
+        raise

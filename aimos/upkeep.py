@@ -1,0 +1,59 @@
+"""Upkeep: repairing what dead workers left behind, independent of any one worker.
+
+`manage.py upkeep` (a process of its own, started and restarted by the launcher) makes a pass
+every AIMOS_MAINTENANCE_INTERVAL seconds: runs whose worker died end `lost` (or are queued
+again), builds stuck `building` fail, host metrics are sampled and the feed's metrics sent.
+A Redis key with a time to live lets one process of the whole platform make each pass,
+however many hosts run one; a worker dying changes nothing here.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+
+import django_rq
+from django.conf import settings
+from django.db import close_old_connections, connections
+
+from agents.services import fail_stale_builds
+from aimos import feed
+from aimos.system import sample_for_maintenance
+from executions.services import sweep_lost_runs
+
+logger = logging.getLogger("aimos.upkeep")
+
+LOCK_KEY = "aimos:upkeep:pass"
+
+
+def upkeep_pass() -> dict:
+    """One pass of upkeep; what it did."""
+    done = {"stale_builds": fail_stale_builds(), **sweep_lost_runs()}
+    done["metrics_sample"] = sample_for_maintenance()
+    done["metrics_update"] = feed.broadcast_metrics_if_due()
+    return done
+
+
+def take_turn(connection, interval: float) -> bool:
+    """True when this process makes the pass of this interval (no other process has)."""
+    ttl_ms = max(100, int(interval * 1000 * 0.9))
+    return bool(connection.set(LOCK_KEY, secrets.token_hex(8), nx=True, px=ttl_ms))
+
+
+def run(stop: threading.Event) -> None:
+    """Make a pass every interval until `stop` is set; a failing pass is logged, not fatal."""
+    connection = django_rq.get_connection("default")
+    while not stop.is_set():
+        interval = settings.AIMOS_MAINTENANCE_INTERVAL
+        try:
+            if take_turn(connection, interval):
+                done = upkeep_pass()
+                if any(done.values()):
+                    logger.info("upkeep: %s", done)
+        except Exception:  # noqa: BLE001 — the next pass tries again
+            logger.exception("upkeep pass failed")
+        finally:
+            close_old_connections()
+            connections.close_all()
+        stop.wait(interval)
