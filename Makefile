@@ -19,8 +19,14 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
+# The sandbox `make run` prepares: AIMOS_SANDBOX from the environment, else from .env.
+SANDBOX = $(or $(AIMOS_SANDBOX),$(shell sed -nE 's/^[[:space:]]*(export[[:space:]]+)?AIMOS_SANDBOX=["'\'']?([a-z]+).*/\2/p' .env 2>/dev/null | tail -n 1),process)
+
 ## Serve on http://127.0.0.1:8000 with workers (embedded SQLite and Redis unless configured).
+## As root first installs what the sandbox needs; otherwise the launcher says what is missing.
 run: install
+	@scripts/setup-system --if-root --sandbox process $(if $(filter docker,$(SANDBOX)),--sandbox docker) \
+		|| echo "make run: scripts/setup-system failed (above); starting anyway"
 	@DEBUG=$${DEBUG:-1} $(PY) -m aimos.launcher
 
 ## System packages, the Docker engine and the sandbox base image (idempotent).

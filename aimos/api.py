@@ -44,6 +44,18 @@ class WorkersSerializer(serializers.Serializer):
     names = serializers.ListField(child=serializers.CharField())
 
 
+class SandboxSerializer(serializers.Serializer):
+    backend = serializers.ChoiceField(choices=["process", "docker"], help_text="AIMOS_SANDBOX")
+    available = serializers.BooleanField(
+        help_text="Whether this host can build versions and run agents in it"
+    )
+    reason = serializers.CharField(allow_null=True, help_text="Why not; null when available")
+    fix = serializers.CharField(
+        allow_null=True,
+        help_text="The command that makes it available (null when available or none would)",
+    )
+
+
 class SystemStatusSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=["healthy", "degraded", "unhealthy"])
     uptime_seconds = serializers.IntegerField(help_text="Since the answering web process started")
@@ -58,6 +70,7 @@ class SystemStatusSerializer(serializers.Serializer):
     checks = ChecksSerializer()
     queues = QueuesSerializer(help_text="Jobs waiting per queue; null when Redis is down")
     workers = WorkersSerializer()
+    sandbox = SandboxSerializer(help_text="The configured sandbox, as the answering host sees it")
 
 
 class MetricSampleSerializer(serializers.ModelSerializer):
@@ -91,7 +104,11 @@ class MetricsQuerySerializer(serializers.Serializer):
 )
 @api_view(["GET"])
 def system_status(request):
-    """Health, uptime, version, queues, workers, and the caller's agent counts."""
+    """Health, uptime, version, queues, workers, the sandbox, and the caller's agent counts.
+
+    `sandbox.available` is false when this host cannot run the configured sandbox (builds and
+    runs then fail); `reason` says what is missing and `fix` the command that installs it.
+    """
     return Response(SystemStatusSerializer(system.system_status(request.user)).data)
 
 

@@ -1,5 +1,6 @@
-"""`make run`: Redis (embedded unless REDIS_URL is set), migrations, an admin, then the
-web server (daphne) and a pool of RQ workers. Ctrl-C stops every process it started.
+"""`make run`: Redis (embedded unless REDIS_URL is set), migrations, an admin, a word on what
+the sandbox lacks when it cannot run here, then the web server (daphne) and a pool of RQ
+workers. Ctrl-C stops every process it started.
 """
 
 import os
@@ -8,9 +9,11 @@ import subprocess
 import sys
 import time
 
-from aimos import embedded_redis
+from aimos import embedded_redis, sandbox_status
+from sandbox.base import Backend
 
 PYTHON = sys.executable
+RESTARTED = ("upkeep",)  # the others stop the platform when they exit
 
 
 def main() -> int:
@@ -26,9 +29,9 @@ def main() -> int:
     django.setup()
     call_command("migrate", interactive=False, verbosity=0)
     call_command("ensure_admin")
-    from aimos.jobs import schedule_maintenance
-
-    schedule_maintenance()
+    notice = sandbox_notice()
+    if notice:
+        print(notice, file=sys.stderr)
     host = os.environ.get("AIMOS_HOST", "127.0.0.1")
     port = os.environ.get("AIMOS_PORT", "8000")
     workers = os.environ.get("AIMOS_WORKERS", "4")
@@ -44,6 +47,7 @@ def main() -> int:
             "--num-workers",
             workers,
         ],
+        "upkeep": [PYTHON, "manage.py", "upkeep"],
     }
     children = {
         name: subprocess.Popen(cmd, start_new_session=True) for name, cmd in commands.items()
@@ -60,8 +64,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     status = 0
     while not stopping:
-        for name, child in children.items():
-            if child.poll() is not None:
+        for name, child in list(children.items()):
+            if child.poll() is not None and name in RESTARTED and not stopping:
+                print(f"{name} exited with {child.returncode}; starting it again.", file=sys.stderr)
+                children[name] = subprocess.Popen(commands[name], start_new_session=True)
+            elif child.poll() is not None:
                 print(f"{name} exited with {child.returncode}; stopping.", file=sys.stderr)
                 status = child.returncode or 1
                 stopping = True
@@ -70,6 +77,24 @@ def main() -> int:
     if own_redis:
         embedded_redis.stop()
     return status
+
+
+def sandbox_notice(backend: Backend | None = None) -> str | None:
+    """What to say at start when `backend` (by default the configured one) cannot run on this
+    host: what is missing and the command that fixes it. None when it can run."""
+    if backend is None:
+        status = sandbox_status.sandbox_status()
+    else:
+        status = sandbox_status.availability(backend)
+    if status["available"]:
+        return None
+    lines = [
+        f"WARNING: {status['reason']}",
+        "Builds and runs fail until this is fixed; the server keeps serving meanwhile.",
+    ]
+    if status["fix"]:
+        lines.append(f"To fix it, run: {status['fix']}")
+    return "\n".join(lines)
 
 
 def _terminate(children) -> None:

@@ -7,6 +7,9 @@ Health: three checks, each worth a third of `system_health_score`: the database 
 Redis answers, at least one RQ worker is alive. `status` is `unhealthy` when the database or
 Redis is down (requests fail), `degraded` when only the workers are missing (requests work,
 builds and runs wait in the queues), else `healthy`.
+
+The sandbox is the exception: whether this host can run the configured backend is asked of
+the backend itself, as this process sees it (`aimos.sandbox_status`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from agents.choices import AgentStatus
 from agents.models import Agent
 from aimos.health import check_database, check_redis
 from aimos.models import MetricSample, SamplingState
+from aimos.sandbox_status import sandbox_status
 from executions.models import Execution
 
 logger = logging.getLogger(__name__)
@@ -93,8 +97,8 @@ def uptime_seconds() -> int:
 def system_status(user) -> dict:
     """The status as `user` sees it.
 
-    Health, queues and workers are the platform's and the same for everyone; the agent
-    counts and the last execution are the caller's own (everyone's for an admin).
+    Health, queues, workers and the sandbox are the platform's and the same for everyone; the
+    agent counts and the last execution are the caller's own (everyone's for an admin).
     """
     checks, workers, depths = health_checks()
     agents = Agent.objects.for_user(user).aggregate(
@@ -113,6 +117,7 @@ def system_status(user) -> dict:
         "checks": checks,
         "queues": depths,
         "workers": {"count": len(workers), "names": workers},
+        "sandbox": sandbox_status(),
     }
 
 
