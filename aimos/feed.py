@@ -102,12 +102,12 @@ def current_metrics() -> dict[str, Any]:
 
 def broadcast_metrics_if_due() -> bool:
     """Send a `metrics_update` to every feed, at most once per AIMOS_METRICS_INTERVAL across
-    all workers (a Redis key with that lifetime decides who). Called by the maintenance job;
+    all workers (a Redis key with that lifetime decides who). Called by the upkeep process;
     never raises. Whether this call sent one."""
     from django.core.cache import cache
 
     try:
-        # A second less than the interval, so that a maintenance pass arriving just on time
+        # A second less than the interval, so that an upkeep pass arriving just on time
         # (its own interval divides this one) still finds the key gone.
         lifetime = max(1, settings.AIMOS_METRICS_INTERVAL - 1)
         if not cache.add(_METRICS_DUE_KEY, True, timeout=lifetime):

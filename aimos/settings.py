@@ -397,7 +397,7 @@ AIMOS_MAX_PAUSE_SECONDS = env.integer("AIMOS_MAX_PAUSE_SECONDS", 3600, minimum=1
 AIMOS_MAX_WAIT_SECONDS = env.integer("AIMOS_MAX_WAIT_SECONDS", 300, minimum=0)
 # Seconds between two SSE heartbeat comments while a stream is idle.
 AIMOS_SSE_HEARTBEAT_SECONDS = env.number("AIMOS_SSE_HEARTBEAT_SECONDS", 15.0, minimum=0.1)
-# Seconds between two `metrics_update` messages of the user feed (sent by the maintenance job,
+# Seconds between two `metrics_update` messages of the user feed (sent by the upkeep process,
 # so at most every AIMOS_MAINTENANCE_INTERVAL seconds as well).
 AIMOS_METRICS_INTERVAL = env.integer("AIMOS_METRICS_INTERVAL", 60, minimum=1)
 
@@ -408,7 +408,7 @@ AIMOS_METRICS_INTERVAL = env.integer("AIMOS_METRICS_INTERVAL", 60, minimum=1)
 AIMOS_METRICS_TOKEN = env.string("AIMOS_METRICS_TOKEN")
 # How long host metrics samples are kept, in hours.
 AIMOS_METRICS_RETENTION_HOURS = env.integer("AIMOS_METRICS_RETENTION_HOURS", 168, minimum=1)
-# Seconds between two samples (taken by the maintenance job, so at most every
+# Seconds between two samples (taken by the upkeep process, so at most every
 # AIMOS_MAINTENANCE_INTERVAL seconds as well).
 AIMOS_METRICS_SAMPLE_SECONDS = env.integer("AIMOS_METRICS_SAMPLE_SECONDS", 60, minimum=1)
 

@@ -161,7 +161,7 @@ def take_sample() -> MetricSample | None:
     """Records a sample, unless one was taken less than AIMOS_METRICS_SAMPLE_SECONDS ago by
     any process; then deletes the samples older than AIMOS_METRICS_RETENTION_HOURS.
 
-    Called by the maintenance job. The sample or None when it was not due.
+    Called by the upkeep process. The sample or None when it was not due.
     """
     now = timezone.now()
     if not _claim_sample(now):
@@ -186,7 +186,7 @@ def prune_samples(now: datetime | None = None) -> int:
 
 
 def sample_for_maintenance() -> bool:
-    """`take_sample()` for the maintenance job: a failure is logged, never raised, so the
+    """`take_sample()` for the upkeep process: a failure is logged, never raised, so the
     job still reschedules itself. Whether a sample was taken."""
     try:
         return take_sample() is not None

@@ -17,9 +17,9 @@ from rq import Worker
 
 from agents.choices import AgentStatus, VersionStatus
 from agents.models import Agent, AgentVersion
-from aimos.jobs import maintenance
 from aimos.models import MetricSample
 from aimos.system import take_sample
+from aimos.upkeep import upkeep_pass
 from executions.choices import ExecutionStatus
 from executions.models import Execution
 
@@ -290,14 +290,10 @@ def test_take_sample_deletes_samples_past_the_retention(settings):
     assert not MetricSample.objects.filter(pk=expired.pk).exists()
 
 
-def test_the_maintenance_job_run_by_a_worker_takes_a_sample(rq_queues, drain_queues):
-    job = enqueue_now("default", maintenance)
+def test_an_upkeep_pass_takes_a_sample():
+    done = upkeep_pass()
 
-    drain_queues()
-
-    job.refresh()
-    assert job.get_status() == "finished"
-    assert job.return_value()["metrics_sample"] is True
+    assert done["metrics_sample"] is True
     assert MetricSample.objects.count() == 1
 
 
