@@ -104,14 +104,11 @@ def detect(root: Path = CGROUP_ROOT) -> type[Cgroups]:
 class Cgroups:
     """One run's cgroups: limits, freezing, killing, usage.
 
-    `Cgroups(name)` is the kind this host has (see `detect`), as `Path()` is a PosixPath;
-    `dirs` holds the run's directories by controller ("unified" for v2).
+    `detect()` gives the kind this host has; `dirs` holds the run's directories by
+    controller ("unified" for v2).
     """
 
     dirs: dict[str, Path]
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Cgroups:
-        return super().__new__(detect() if cls is Cgroups else cls)
 
     def create(self, limits: Limits, *, helpers: int) -> None:
         """Make the cgroups and set the limits; `helpers` = processes of ours inside (bwrap)

@@ -66,7 +66,14 @@ from sandbox.base import (
     SandboxError,
     SandboxUnavailable,
 )
-from sandbox.egress import PROXY_PORT, SOCKET_NAME, EgressPolicy, EgressProxy, proxy_environment
+from sandbox.egress import (
+    PROXY_PORT,
+    SOCKET_NAME,
+    EgressPolicy,
+    EgressProxy,
+    close_socket,
+    proxy_environment,
+)
 from sandbox.protocol import RUNNER_PATH, StreamRun, inspection_from, run_request
 from sandbox.requirements import MB, BuildRules, check_source_builds, requirements_file
 
@@ -356,7 +363,7 @@ class DockerBackend(Backend):
             stop.set()
             if watcher.is_alive():
                 watcher.join()
-            _close_socket(sock)
+            close_socket(sock)
         if why:
             output(why[0])
             raise BuildError(_build_failure(why[0], output.tail))
@@ -931,14 +938,6 @@ def _lines(sock: socket.socket) -> Iterator[str]:
         line = raw[:BUILD_LINE_LIMIT].decode("utf-8", "replace").rstrip()
         if line.strip():
             yield line
-
-
-def _close_socket(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
 
 
 def _normalised(info: tarfile.TarInfo) -> tarfile.TarInfo | None:

@@ -31,7 +31,7 @@ import select
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 logger = logging.getLogger("aimos.sandbox.egress")
@@ -165,12 +165,7 @@ class EgressPolicy:
 
     def with_host_addresses(self) -> EgressPolicy:
         """This policy, also refusing every address this host has now."""
-        return EgressPolicy(
-            hosts=self.hosts,
-            ports=self.ports,
-            own_addresses=frozenset(host_addresses()),
-            resolver=self.resolver,
-        )
+        return replace(self, own_addresses=frozenset(host_addresses()))
 
     def decide(self, host: str, port: int) -> Decision:
         """May a sandbox connect to `host`:`port`? Resolves names; connects to nothing."""
@@ -261,7 +256,7 @@ class EgressProxy:
         with self._lock:
             connections = list(self._connections)
         for conn in connections:
-            _shut(conn)
+            close_socket(conn)
         self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> EgressProxy:
@@ -322,9 +317,9 @@ class EgressProxy:
                 self._connections.discard(client)
                 if upstream is not None:
                     self._connections.discard(upstream)
-            _shut(client)
+            close_socket(client)
             if upstream is not None:
-                _shut(upstream)
+                close_socket(upstream)
 
     def _refused(self, text: str) -> None:
         logger.info("sandbox egress %s", text)
@@ -445,7 +440,8 @@ def _relay(a: socket.socket, b: socket.socket, closed: threading.Event) -> None:
                 return
 
 
-def _shut(sock: socket.socket) -> None:
+def close_socket(sock: socket.socket) -> None:
+    """Shut both ways (waking a reader blocked on it), then close."""
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:

@@ -18,6 +18,8 @@ import pytest
 
 from sandbox.backends import get_backend, sandbox_config
 from sandbox.base import Backend, Environment, Run, SandboxUnavailable
+from sandbox.process_backend import ProcessBackend
+from sandbox.tests.helpers import OFFLINE
 
 BACKENDS = ["process", pytest.param("docker", marks=pytest.mark.docker)]
 
@@ -27,13 +29,23 @@ def backend(request, tmp_path_factory) -> Backend:
     """A real backend whose environments live in a temporary root."""
     root = tmp_path_factory.mktemp(f"sandbox-{request.param}")
     root.chmod(0o755)
-    chosen = get_backend(request.param, config=replace(sandbox_config(), root=root))
+    chosen = get_backend(request.param, config=replace(sandbox_config(), root=root, build=OFFLINE))
     try:
         chosen.check()
     except SandboxUnavailable as exc:
         if request.param == "process":
             raise
         pytest.skip(str(exc))
+    return chosen
+
+
+@pytest.fixture(scope="session")
+def process_backend(tmp_path_factory) -> ProcessBackend:
+    """The process backend alone, its environments in a temporary root."""
+    root = tmp_path_factory.mktemp("process-root")
+    root.chmod(0o755)
+    chosen = ProcessBackend(root, build=OFFLINE)
+    chosen.check()
     return chosen
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from sandbox.base import Backend, Environment, Event, Limits, Outcome, Run
 from sandbox.confinement import pids_of_uid
+from sandbox.requirements import BuildRules
 
 # Small limits so abuse ends fast; each test widens what it needs.
 TEST_LIMITS = Limits(
@@ -22,6 +23,10 @@ TEST_LIMITS = Limits(
     max_open_files=128,
     workspace_mb=16,
 )
+
+# No test reaches a package index: requirements are wheel files inside the package, and the
+# index (were pip to ask it) is a host the builds' egress proxy refuses.
+OFFLINE = BuildRules(index_url="http://index.invalid/simple", index_hosts=())
 
 
 @dataclass
@@ -118,9 +123,12 @@ def token() -> str:
     return "aimos-test-" + os.urandom(6).hex()
 
 
-def wheel(name: str, version: str, module_code: str) -> tuple[str, bytes]:
-    """A minimal pure-Python wheel (file name, bytes) providing the module `name`, built in
-    memory: installable without network or build tools."""
+def wheel(
+    name: str, version: str, module_code: str, data: dict[str, bytes] | None = None
+) -> tuple[str, bytes]:
+    """A minimal pure-Python wheel (file name, bytes) providing the module `name` (and the
+    files `data`, by path inside the wheel), built in memory: installable without network or
+    build tools."""
     import base64
     import hashlib
     import io
@@ -129,6 +137,7 @@ def wheel(name: str, version: str, module_code: str) -> tuple[str, bytes]:
     dist = f"{name}-{version}.dist-info"
     files = {
         f"{name}.py": module_code.encode(),
+        **(data or {}),
         f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
         f"{dist}/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }

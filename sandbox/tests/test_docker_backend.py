@@ -23,14 +23,9 @@ from django.core.management import call_command
 from sandbox.base import BuildError, ErrorType, Limits, SandboxUnavailable, Status
 from sandbox.base_image import build_base_image
 from sandbox.docker_backend import LABEL_BUILD, LABEL_RUN, DockerBackend
-from sandbox.requirements import BuildRules
-from sandbox.tests.helpers import log_messages, wheel
+from sandbox.tests.helpers import OFFLINE, log_messages, wheel
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-# No test reaches a package index: requirements are wheel files inside the package, and the
-# index (were pip to ask it) is a host the builds' egress proxy refuses.
-OFFLINE = BuildRules(index_url="http://index.invalid/simple", index_hosts=())
 
 
 @pytest.fixture(scope="module")
@@ -94,28 +89,8 @@ def build_containers(engine: docker.DockerClient) -> list:
 
 
 def wheel_with_data(name: str, size_mb: int) -> tuple[str, bytes]:
-    """A wheel of the package `name` holding `size_mb` MiB of random (incompressible) data."""
-    import base64
-    import hashlib
-    import zipfile
-
-    dist = f"{name}-0.1.dist-info"
-    files = {
-        f"{name}/__init__.py": b"",
-        f"{name}/blob.bin": os.urandom(size_mb << 20),
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n".encode(),
-        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = []
-    for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(data)}")
-    files[f"{dist}/RECORD"] = ("\n".join([*record, f"{dist}/RECORD,,"]) + "\n").encode()
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for path, data in files.items():
-            archive.writestr(path, data)
-    return f"{name}-0.1-py3-none-any.whl", buffer.getvalue()
+    """A wheel of the module `name` holding `size_mb` MiB of random (incompressible) data."""
+    return wheel(name, "0.1", "", {f"{name}_data/blob.bin": os.urandom(size_mb << 20)})
 
 
 def test_prepare_installs_the_versions_requirements_into_its_own_image(make_env, docker_backend):

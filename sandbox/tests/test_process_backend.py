@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.base import BuildError, SandboxUnavailable, Status
-from sandbox.confinement import UID_BASE, UID_SLOTS, Cgroups
+from sandbox.confinement import UID_BASE, UID_SLOTS, detect
 from sandbox.process_backend import ProcessBackend
 from sandbox.tests.helpers import TEST_LIMITS, Recorded, processes_with, run_agent, token, wheel
 
@@ -68,15 +68,6 @@ def write_wheel(folder: Path, name: str = "hello_aimos", greeting: str = "hi") -
     folder.mkdir(parents=True, exist_ok=True)
     (folder / filename).write_bytes(data)
     return filename
-
-
-@pytest.fixture(scope="module")
-def process_backend(tmp_path_factory) -> ProcessBackend:
-    root = tmp_path_factory.mktemp("root")
-    root.chmod(0o755)
-    backend = ProcessBackend(root)
-    backend.check()
-    return backend
 
 
 def make_source(folder: Path) -> Path:
@@ -266,4 +257,4 @@ def test_runs_die_with_the_process_that_started_them(process_backend, probe_env)
     # What the dead worker could not clean up goes at the next sweep.
     (swept,) = process_backend.sweep()
     assert not (process_backend.root / "runs" / swept).exists()
-    assert not any(path.exists() for path in Cgroups(swept).dirs.values())
+    assert not any(path.exists() for path in detect()(swept).dirs.values())

@@ -128,28 +128,19 @@ def numbers() -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory) -> ProcessBackend:
-    root = tmp_path_factory.mktemp("seccomp")
-    root.chmod(0o755)
-    chosen = ProcessBackend(root)
-    chosen.check()
-    return chosen
-
-
-@pytest.fixture(scope="module")
-def env(backend, tmp_path_factory):
+def env(process_backend, tmp_path_factory):
     source = tmp_path_factory.mktemp("agent")
     (source / "agent").mkdir()
     (source / "agent/__init__.py").write_text("")
     (source / "agent/main.py").write_text(textwrap.dedent(AGENT))
-    environment = backend.prepare(source, {}, key="seccomp")
+    environment = process_backend.prepare(source, {}, key="seccomp")
     yield environment
-    backend.remove(environment)
+    process_backend.remove(environment)
 
 
 @root_only
-def test_dangerous_system_calls_fail_and_the_run_completes(backend, env):
-    _, outcome = run_agent(backend, env, numbers(), entrypoint="agent.main:denied")
+def test_dangerous_system_calls_fail_and_the_run_completes(process_backend, env):
+    _, outcome = run_agent(process_backend, env, numbers(), entrypoint="agent.main:denied")
     assert outcome.status == Status.COMPLETED, outcome
     assert outcome.output == {
         "unshare": "EPERM",
@@ -170,10 +161,10 @@ def test_dangerous_system_calls_fail_and_the_run_completes(backend, env):
 
 
 @root_only
-def test_threads_subprocesses_fork_and_multiprocessing_work_under_the_filter(backend, env):
+def test_threads_subprocesses_fork_and_multiprocessing_work_under_the_filter(process_backend, env):
     limits = replace(TEST_LIMITS, timeout_seconds=60)
     _, outcome = run_agent(
-        backend, env, numbers(), entrypoint="agent.main:with_numbers", limits=limits
+        process_backend, env, numbers(), entrypoint="agent.main:with_numbers", limits=limits
     )
     assert outcome.status == Status.COMPLETED, outcome
     assert outcome.output == {
@@ -187,11 +178,11 @@ def test_threads_subprocesses_fork_and_multiprocessing_work_under_the_filter(bac
 
 @root_only
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="int 0x80 is an x86 instruction")
-def test_a_system_call_of_another_abi_kills_the_caller(backend, env):
+def test_a_system_call_of_another_abi_kills_the_caller(process_backend, env):
     host = subprocess.run([sys.executable, "-c", INT80], capture_output=True)
     if host.returncode != 0:
         pytest.skip("this kernel runs no i386 system calls (no IA32 emulation)")
-    _, outcome = run_agent(backend, env, INT80, entrypoint="agent.main:other_abi")
+    _, outcome = run_agent(process_backend, env, INT80, entrypoint="agent.main:other_abi")
     assert outcome.status == Status.COMPLETED, outcome
     assert outcome.output == -31  # SIGSYS
 

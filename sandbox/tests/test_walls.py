@@ -22,7 +22,7 @@ from sandbox.backends import get_backend, sandbox_config
 from sandbox.base import BuildError, Status
 from sandbox.egress import host_addresses
 from sandbox.requirements import BuildRules
-from sandbox.tests.helpers import TEST_LIMITS, run_agent, token, wheel
+from sandbox.tests.helpers import OFFLINE, TEST_LIMITS, run_agent, token, wheel
 
 pytestmark = [
     pytest.mark.slow,
@@ -34,6 +34,8 @@ PROBE = """
 import errno
 import os
 import socket
+import urllib.error
+import urllib.request
 
 
 def tcp(host, port):
@@ -64,6 +66,19 @@ def abstract(name):
             return "connected"
         except OSError as exc:
             return errno.errorcode.get(exc.errno, type(exc).__name__)
+
+
+def fetch(url):
+    # A plain HTTP GET as the standard library makes it (it honours the proxy variables).
+    if not os.environ.get("HTTP_PROXY"):
+        return "no proxy"
+    try:
+        urllib.request.urlopen(url, timeout=10)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError as exc:
+        return type(exc).__name__
+    return "fetched"
 
 
 def attempts(direct, proxied, abstract_name):
@@ -114,11 +129,15 @@ def run_probe(make_agent, backend, payload, *, network: bool):
             "agent/probe.py": PROBE,
             "agent/main.py": """
                 import os
-                from agent.probe import attempts
+                import socket
+
+                from agent.probe import attempts, fetch
 
                 def handle(payload):
                     found = attempts(payload["direct"], payload["proxied"], payload["abstract"])
                     found["proxy variable"] = os.environ.get("HTTPS_PROXY")
+                    found["interfaces"] = [name for _, name in socket.if_nameindex()]
+                    found["metadata"] = fetch("http://169.254.169.254/latest/meta-data/")
                     return found
             """,
         }
@@ -149,7 +168,9 @@ def test_a_networked_run_reaches_neither_this_host_nor_private_ranges(
     _, outcome = run_probe(make_agent, backend, payload, network=True)
     assert outcome.status == Status.COMPLETED, outcome
     found = outcome.output
+    assert found["interfaces"] == ["lo"]
     assert found["proxy variable"], "a networked run is given the proxy"
+    assert found["metadata"] == 403
     for target in direct:
         assert found[f"direct {target}"] in ("ECONNREFUSED", "ENETUNREACH"), (target, found)
     for target in proxied:
@@ -167,7 +188,9 @@ def test_a_run_without_network_has_no_way_out(backend, make_agent, abstract_list
     }
     _, outcome = run_probe(make_agent, backend, payload, network=False)
     found = outcome.output
+    assert found["interfaces"] == ["lo"]
     assert found["proxy variable"] is None
+    assert found["metadata"] == "no proxy"
     assert found["proxy 169.254.169.254:80"] == "no proxy"
     for target in payload["direct"]:
         assert found[f"direct {target}"] in ("ECONNREFUSED", "ENETUNREACH"), found
@@ -265,7 +288,7 @@ def test_a_local_build_backend_is_refused_before_it_runs(backend_with, tmp_path)
     source = source_with_local_project(tmp_path / "src", own_address())
     lines: list[str] = []
     with pytest.raises(BuildError, match="is a local project") as refused:
-        backend_with(BuildRules()).prepare(source, {}, key=f"t{token()}", log=lines.append)
+        backend_with(OFFLINE).prepare(source, {}, key=f"t{token()}", log=lines.append)
     assert "requirements.txt, line 2: './pkg'" in str(refused.value)
     assert "AIMOS_BUILD_ALLOW_SOURCE" in str(refused.value)
     assert not any("attempt" in line or "Processing" in line for line in lines), lines
@@ -276,7 +299,7 @@ def test_code_run_by_a_source_build_reaches_nothing_of_this_host(backend_with, t
     source = source_with_local_project(tmp_path / "src", host)
     lines: list[str] = []
     with pytest.raises(BuildError):
-        backend_with(BuildRules(allow_source=True)).prepare(
+        backend_with(replace(OFFLINE, allow_source=True)).prepare(
             source, {}, key=f"t{token()}", log=lines.append
         )
     log = "\n".join(lines)
@@ -302,7 +325,7 @@ def test_a_wheel_requirement_installs_under_the_default_rules(backend_with, tmp_
     filename, data = wheel("tinydep", "0.1", "VALUE = 42\n")
     (source / filename).write_bytes(data)
     (source / "requirements.txt").write_text(f"./{filename}\n")
-    chosen = backend_with(BuildRules())
+    chosen = backend_with(OFFLINE)
     lines: list[str] = []
     env = chosen.prepare(source, {}, key=f"t{token()}", log=lines.append)
     try:
@@ -319,13 +342,12 @@ def test_a_build_cannot_grow_past_the_build_cap(backend_with, tmp_path):
     (source / "agent/__init__.py").write_text("")
     (source / "agent/main.py").write_text("def handle(payload):\n    return 1\n")
     # 24 MB of incompressible data, installed by pip into the environment.
-    blob = os.urandom(24 << 20).hex()[: 24 << 20]
-    filename, data = wheel("bulky", "0.1", f"DATA = {blob!r}\n")
+    filename, data = wheel("bulky", "0.1", "", {"bulky_data/blob.bin": os.urandom(24 << 20)})
     (source / filename).write_bytes(data)
     (source / "requirements.txt").write_text(f"./{filename}\n")
     lines: list[str] = []
     key = f"t{token()}"
-    chosen = backend_with(BuildRules(max_mb=20))
+    chosen = backend_with(replace(OFFLINE, max_mb=20))
     with pytest.raises(BuildError, match=r"grew past AIMOS_BUILD_MAX_MB \(20 MB\)"):
         chosen.prepare(source, {}, key=key, log=lines.append)
     assert any("AIMOS_BUILD_MAX_MB" in line for line in lines), lines
