@@ -18,7 +18,7 @@ from rest_framework_simplejwt.tokens import AccessToken
 from accounts import services
 from accounts.models import ApiKey, User
 from accounts.throttles import AnonRateThrottle, AuthRateThrottle
-from aimos.errors import error_responses as errors
+from core.errors import error_responses as errors
 
 # --- Serializers ----------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.exceptions import InvalidToken
 
 from accounts import services
-from aimos.errors import WWW_AUTHENTICATE, Unauthenticated
+from core.errors import WWW_AUTHENTICATE, Unauthenticated
 
 __all__ = ["ApiKeyAuthentication", "BearerTokenAuthentication", "SessionAuthentication"]
 

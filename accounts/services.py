@@ -1,6 +1,6 @@
 """Use cases of accounts: registration, tokens, API keys.
 
-Views, admin and jobs call these; each raises a domain exception from `aimos.errors`
+Views, admin and jobs call these; each raises a domain exception from `core.errors`
 when it refuses, never a DRF one.
 """
 
@@ -19,7 +19,7 @@ from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.tokens import RefreshToken, Token
 
 from accounts.models import ApiKey, User, parse_prefix
-from aimos.errors import NotFound, ServiceError, Unauthenticated
+from core.errors import NotFound, ServiceError, Unauthenticated
 
 # --- Users ----------------------------------------------------------------------------------
 

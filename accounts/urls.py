@@ -1,7 +1,7 @@
 """Accounts routes, included by `aimos.api_urls` (so served under /api/v1/ and /api/)."""
 
 from accounts import api
-from aimos.routers import OptionalSlashRouter, route
+from core.routers import OptionalSlashRouter, route
 
 router = OptionalSlashRouter()
 router.register("api-keys", api.ApiKeyViewSet, basename="api-key")

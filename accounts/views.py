@@ -14,8 +14,8 @@ from django.views.decorators.http import require_POST
 from accounts import services
 from accounts.models import ApiKey
 from accounts.throttles import AuthRateThrottle
-from aimos.dashboard import error_text, found
-from aimos.errors import ServiceError
+from core.errors import ServiceError
+from core.pages import error_text, found
 
 # Where a new key waits between the POST that made it and the page that shows it, once.
 NEW_KEY_SESSION = "accounts:new-api-key"

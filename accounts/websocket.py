@@ -43,7 +43,7 @@ from rest_framework.exceptions import AuthenticationFailed
 
 from accounts import services
 from accounts.authentication import BearerTokenAuthentication
-from aimos.errors import Unauthenticated
+from core.errors import Unauthenticated
 
 CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHENTICATED = 4401

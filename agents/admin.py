@@ -3,7 +3,7 @@ from django.contrib import admin, messages
 
 from agents import services
 from agents.models import Agent, AgentLog, AgentVersion
-from aimos.errors import ServiceError
+from core.errors import ServiceError
 
 
 class VersionInline(admin.TabularInline):

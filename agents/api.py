@@ -19,8 +19,8 @@ from rest_framework.response import Response
 from agents import services
 from agents.choices import AgentStatus, LogLevel, LogSource
 from agents.models import Agent, AgentLog, AgentVersion
-from aimos.errors import NotFound, ServiceError
-from aimos.errors import error_responses as errors
+from core.errors import NotFound, ServiceError
+from core.errors import error_responses as errors
 
 TAG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 

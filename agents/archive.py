@@ -32,7 +32,7 @@ from typing import BinaryIO
 
 from django.conf import settings
 
-from aimos.errors import ServiceError
+from core.errors import ServiceError
 
 NOT_A_TARGZ = "File must be a .tar.gz archive"
 CHUNK = 64 * 1024

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from aimos.errors import ServiceError
+from core.errors import ServiceError
 
 MANIFEST_NAMES = ("aimos.yaml", "aimos.yml")
 MAX_MANIFEST_BYTES = 64 * 1024

@@ -9,15 +9,8 @@ from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from agents.choices import AgentStatus, LogLevel, LogSource, VersionStatus
+from core.owned import OwnedQuerySet
 from executions.choices import ExecutionStatus
-
-
-class OwnedQuerySet(models.QuerySet):
-    def for_user(self, user):
-        """What `user` may see: their own objects, or everything for an admin."""
-        if user.is_staff:
-            return self
-        return self.filter(**{self.model.OWNER_FIELD: user})
 
 
 class AgentQuerySet(OwnedQuerySet):

@@ -24,7 +24,7 @@ from agents.choices import AgentStatus, LogLevel, LogSource, VersionStatus
 from agents.manifest import load_manifest
 from agents.models import Agent, AgentLog, AgentVersion
 from aimos import feed
-from aimos.errors import Conflict, NotFound, ServiceError
+from core.errors import Conflict, NotFound, ServiceError
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Agents routes, included by `aimos.api_urls` (so served under /api/v1/ and /api/)."""
 
 from agents import api
-from aimos.routers import OptionalSlashRouter, route
+from core.routers import OptionalSlashRouter, route
 
 router = OptionalSlashRouter()
 router.register("agents", api.AgentViewSet, basename="agent")

@@ -17,8 +17,8 @@ from django.views.decorators.http import require_POST
 from agents import services
 from agents.choices import AgentStatus, VersionStatus
 from agents.models import Agent
-from aimos.dashboard import add_to_form, error_text, found, outcome, parse_json
-from aimos.errors import ServiceError
+from core.errors import ServiceError
+from core.pages import add_to_form, error_text, found, outcome, parse_json
 from executions import services as executions
 from executions.models import Execution
 

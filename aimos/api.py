@@ -23,8 +23,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from aimos import prometheus, system
-from aimos.errors import error_body, error_responses
 from aimos.models import MetricSample
+from core.errors import error_body, error_responses
 
 
 class ChecksSerializer(serializers.Serializer):

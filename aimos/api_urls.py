@@ -4,7 +4,7 @@ from django.urls import include, path
 
 from aimos import api as system_api
 from aimos import compat, health
-from aimos.routers import route
+from core.routers import route
 
 urlpatterns = [
     path("health", health.health, name="health"),

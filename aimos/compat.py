@@ -8,7 +8,7 @@ the OpenAPI schema (see `aimos.schema.only_canonical_paths`).
 from django.urls import include, path
 
 from agents import api as agents_api
-from aimos.routers import route
+from core.routers import route
 from executions import compat as runs
 from executions.api import ExecutionViewSet
 

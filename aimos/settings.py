@@ -1,7 +1,7 @@
 """AIMOS settings, configured from the environment (and `.env` when present).
 
 Every variable is documented in `.env.example` and the README. A bad value stops the
-server at start with a message naming the variable (see `aimos.config`).
+server at start with a message naming the variable (see `core.config`).
 """
 
 import os
@@ -15,7 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
 from aimos import __version__
-from aimos import config as env
+from core import config as env
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 load_dotenv(BASE_DIR / ".env", override=False)
@@ -127,7 +127,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "aimos.errors.ApiErrorMiddleware",
+    "core.errors.ApiErrorMiddleware",
     "accounts.throttles.RateLimitHeadersMiddleware",
 ]
 
@@ -258,7 +258,7 @@ REST_FRAMEWORK = {
         "accounts.throttles.UserRateThrottle",
         "accounts.throttles.AnonRateThrottle",
     ],
-    "DEFAULT_PAGINATION_CLASS": "aimos.pagination.LimitSkipPagination",
+    "DEFAULT_PAGINATION_CLASS": "core.pagination.LimitSkipPagination",
     "PAGE_SIZE": 100,
     "DEFAULT_PARSER_CLASSES": [
         "rest_framework.parsers.JSONParser",
@@ -267,7 +267,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "aimos.errors.api_exception_handler",
+    "EXCEPTION_HANDLER": "core.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     # Proxies in front of AIMOS whose X-Forwarded-For is trusted for per-IP throttles. With
     # DRF's default (None) a client could send its own X-Forwarded-For to dodge them.

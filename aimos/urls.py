@@ -3,7 +3,8 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from aimos import api as system_api
-from aimos import errors, health
+from aimos import health
+from core import errors
 
 urlpatterns = [
     path("health", health.health, name="health"),
@@ -19,5 +20,5 @@ urlpatterns = [
     path("", include("aimos.pages")),
 ]
 
-handler404 = "aimos.errors.page_not_found"
-handler500 = "aimos.errors.server_error"
+handler404 = "core.errors.page_not_found"
+handler500 = "core.errors.server_error"

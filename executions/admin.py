@@ -10,7 +10,7 @@ from django.contrib import admin, messages
 from django.db import models
 from django.utils.html import format_html, format_html_join
 
-from aimos.errors import ServiceError
+from core.errors import ServiceError
 from executions import services, webhooks
 from executions.models import (
     Batch,

@@ -17,8 +17,8 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from agents import services as agents
-from aimos.errors import ServiceError
-from aimos.errors import error_responses as errors
+from core.errors import ServiceError
+from core.errors import error_responses as errors
 from executions import services
 from executions.choices import ErrorType, ExecutionStatus
 from executions.models import Batch, Checkpoint, Execution, ExecutionEvent

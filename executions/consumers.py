@@ -41,7 +41,7 @@ from accounts.websocket import (
     query_params,
 )
 from aimos import feed
-from aimos.errors import NotFound
+from core.errors import NotFound
 from executions import services
 from executions.choices import TERMINAL_EVENTS
 from executions.models import Execution, ExecutionEvent

@@ -8,7 +8,7 @@ from django.db import models
 from django.db.models import F
 from django.utils import timezone
 
-from agents.models import OwnedQuerySet
+from core.owned import OwnedQuerySet
 from executions.choices import Control, ErrorType, ExecutionStatus
 
 

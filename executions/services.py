@@ -22,7 +22,7 @@ from django.utils import timezone
 from agents.models import Agent, AgentVersion
 from agents.services import access_version
 from aimos import feed
-from aimos.errors import Conflict, NotFound, ServiceError
+from core.errors import Conflict, NotFound, ServiceError
 from executions.choices import TERMINAL_EVENTS, Control, ErrorType, ExecutionStatus
 from executions.models import Batch, Checkpoint, Execution, ExecutionEvent
 

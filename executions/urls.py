@@ -1,6 +1,6 @@
 """Executions routes, included by `aimos.api_urls` (so served under /api/v1/ and /api/)."""
 
-from aimos.routers import OptionalSlashRouter, route
+from core.routers import OptionalSlashRouter, route
 from executions import api, webhook_api
 
 router = OptionalSlashRouter()

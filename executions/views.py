@@ -18,8 +18,8 @@ from django.views.decorators.http import require_POST
 
 from agents.choices import VersionStatus
 from agents.models import Agent
-from aimos.dashboard import add_to_form, error_text, found, outcome, parse_json
-from aimos.errors import Conflict, ServiceError
+from core.errors import Conflict, ServiceError
+from core.pages import add_to_form, error_text, found, outcome, parse_json
 from executions import services, webhooks
 from executions.choices import ExecutionStatus
 from executions.models import DeliveryStatus, Execution, Webhook

@@ -11,7 +11,7 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from aimos.errors import error_responses as errors
+from core.errors import error_responses as errors
 from executions import webhooks
 from executions.models import Webhook, WebhookDelivery
 

@@ -199,7 +199,7 @@ EVENTS = (
 
 
 def _errors(field: str, message: str):
-    from aimos.errors import ServiceError
+    from core.errors import ServiceError
 
     return ServiceError(
         "Invalid webhook", code="validation_error", errors=[{"field": field, "message": message}]
@@ -227,7 +227,7 @@ def check_target(url: str) -> None:
 def access_webhook(user, webhook_id):
     from django.core.exceptions import ValidationError
 
-    from aimos.errors import NotFound
+    from core.errors import NotFound
     from executions.models import Webhook
 
     try:
@@ -237,7 +237,7 @@ def access_webhook(user, webhook_id):
 
 
 def access_delivery(webhook, delivery_id):
-    from aimos.errors import NotFound
+    from core.errors import NotFound
 
     delivery = webhook.deliveries.filter(pk=str(delivery_id)).first()
     if delivery is None:

@@ -7,7 +7,7 @@ from django.urls import reverse
 from accounts import services
 from accounts.models import ApiKey
 from accounts.tests.helpers import PASSWORD
-from aimos.errors import Unauthenticated
+from core.errors import Unauthenticated
 
 pytestmark = pytest.mark.django_db
 

@@ -199,7 +199,7 @@ def test_delivery_to_a_private_address_is_refused_when_not_allowed(
 @pytest.mark.django_db
 def test_registering_a_private_url_is_refused(owner, settings):
     settings.AIMOS_WEBHOOK_ALLOW_PRIVATE = False
-    from aimos.errors import ServiceError
+    from core.errors import ServiceError
 
     with pytest.raises(ServiceError) as error:
         webhooks.create_webhook(owner, url="http://127.0.0.1:9/x", events=["*"])

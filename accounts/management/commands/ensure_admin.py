@@ -9,7 +9,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
-from aimos import config as env
+from core import config as env
 
 
 class Command(BaseCommand):

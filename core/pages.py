@@ -16,7 +16,7 @@ from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 
-from aimos.errors import NotFound, ServiceError
+from core.errors import NotFound, ServiceError
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, serializers, status
 
-logger = logging.getLogger("aimos.errors")
+logger = logging.getLogger("core.errors")
 
 
 class ServiceError(Exception):
