@@ -4,6 +4,7 @@ from django.contrib.auth.forms import UserChangeForm, UserCreationForm
 from django.utils import timezone
 
 from accounts import services
+from accounts.choices import ApiKeyStatus
 from accounts.models import ApiKey, User
 
 
@@ -76,15 +77,15 @@ class ApiKeyStatusFilter(admin.SimpleListFilter):
     parameter_name = "status"
 
     def lookups(self, request, model_admin):
-        return [("active", "Active"), ("expired", "Expired"), ("revoked", "Revoked")]
+        return ApiKeyStatus.choices
 
     def queryset(self, request, queryset):
         now = timezone.now()
-        if self.value() == "active":
+        if self.value() == ApiKeyStatus.ACTIVE:
             return queryset.usable()
-        if self.value() == "expired":
+        if self.value() == ApiKeyStatus.EXPIRED:
             return queryset.not_revoked().filter(expires_at__lte=now)
-        if self.value() == "revoked":
+        if self.value() == ApiKeyStatus.REVOKED:
             return queryset.filter(revoked_at__isnull=False)
         return queryset
 

@@ -12,6 +12,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from accounts.choices import ApiKeyStatus
+
 
 class User(AbstractUser):
     """A person using AIMOS. `is_staff` makes an admin: they see everyone's objects."""
@@ -143,8 +145,8 @@ class ApiKey(models.Model):
     @property
     def status(self) -> str:
         if self.is_revoked:
-            return "revoked"
-        return "expired" if self.is_expired else "active"
+            return ApiKeyStatus.REVOKED
+        return ApiKeyStatus.EXPIRED if self.is_expired else ApiKeyStatus.ACTIVE
 
     def revoke(self) -> bool:
         """Revoke the key for good. Returns False (and changes nothing) if it already was.

@@ -24,28 +24,21 @@ from core.errors import NotFound, ServiceError, Unauthenticated
 # --- Users ----------------------------------------------------------------------------------
 
 
-def _invalid(field: str, message: str) -> ServiceError:
-    return ServiceError(
-        "Invalid request data",
-        code="validation_error",
-        errors=[{"field": field, "message": message}],
-    )
-
-
 def check_registration(*, username: str, email: str, password: str, full_name: str = "") -> None:
     """Refuse a taken username or email (case-insensitively) and a weak password."""
     errors = []
     if User.objects.filter(username__iexact=username).exists():
-        errors.append({"field": "username", "message": "A user with that username already exists."})
+        errors.append(("username", "A user with that username already exists."))
     if User.objects.filter(email__iexact=email).exists():
-        errors.append({"field": "email", "message": "A user with that email already exists."})
+        errors.append(("email", "A user with that email already exists."))
     candidate = User(username=username, email=email, full_name=full_name)
     try:
         password_validation.validate_password(password, user=candidate)
     except DjangoValidationError as exc:
-        errors.extend({"field": "password", "message": message} for message in exc.messages)
+        errors.extend(("password", message) for message in exc.messages)
     if errors:
-        raise ServiceError("Invalid request data", code="validation_error", errors=errors)
+        (field, message), *more = errors
+        raise ServiceError.invalid(field, message, more=more)
 
 
 def register_user(*, username: str, email: str, password: str, full_name: str = "") -> User:
@@ -60,7 +53,9 @@ def register_user(*, username: str, email: str, password: str, full_name: str = 
             )
     except IntegrityError:
         # Another registration took the name between the check and the insert.
-        raise _invalid("username", "A user with that username or email already exists.") from None
+        raise ServiceError.invalid(
+            "username", "A user with that username or email already exists."
+        ) from None
 
 
 # --- JWT ------------------------------------------------------------------------------------
@@ -141,9 +136,13 @@ def logout(
         try:
             refresh = RefreshToken(refresh_token)
         except TokenError:
-            raise _invalid("refresh_token", "Invalid or expired refresh token") from None
+            raise ServiceError.invalid(
+                "refresh_token", "Invalid or expired refresh token"
+            ) from None
         if str(refresh.get(jwt_settings.USER_ID_CLAIM)) != str(user.pk):
-            raise _invalid("refresh_token", "This refresh token belongs to someone else")
+            raise ServiceError.invalid(
+                "refresh_token", "This refresh token belongs to someone else"
+            )
         refresh.blacklist()
     if access_token is not None:
         revoke_access_token(access_token)
@@ -171,7 +170,7 @@ def create_api_key(
     """A new key for `user`; returns the row and the plaintext key, shown once and never
     stored."""
     if expires_at is not None and expires_at <= timezone.now():
-        raise _invalid("expires_at", "Must be in the future.")
+        raise ServiceError.invalid("expires_at", "Must be in the future.")
     return ApiKey.generate(user, name=name, expires_at=expires_at)
 
 

@@ -2,7 +2,8 @@ from django import forms
 from django.contrib import admin, messages
 
 from agents import services
-from agents.models import Agent, AgentLog, AgentVersion
+from agents.choices import AgentStatus
+from agents.models import Agent, AgentLog, AgentVersion, clean_tags, validate_name
 from core.errors import ServiceError
 
 
@@ -19,8 +20,25 @@ class VersionInline(admin.TabularInline):
         return False
 
 
+class AgentForm(forms.ModelForm):
+    """The same name and tag rules as the API and the pages."""
+
+    name = forms.CharField(max_length=64, validators=[validate_name])
+
+    class Meta:
+        model = Agent
+        fields = "__all__"
+
+    def clean_tags(self) -> list[str]:
+        tags = self.cleaned_data["tags"]
+        if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+            raise forms.ValidationError("A list of tags.")
+        return clean_tags(tags)
+
+
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
+    form = AgentForm
     list_display = ["name", "owner", "status", "current_version", "created_at", "updated_at"]
     list_filter = ["status", "owner"]
     search_fields = ["name", "description", "role", "owner__username", "owner__email"]
@@ -34,7 +52,7 @@ class AgentAdmin(admin.ModelAdmin):
     @admin.action(description="Archive the selected agents")
     def archive_agents(self, request, queryset):
         for agent in queryset:
-            services.update_agent(agent, status="archived")
+            services.update_agent(agent, status=AgentStatus.ARCHIVED)
         self.message_user(request, f"Archived {queryset.count()} agent(s).", messages.SUCCESS)
 
 

@@ -1,8 +1,5 @@
 """Agents API: agents, their versions (uploads and builds) and their log."""
 
-import re
-
-from django.db.models import Q
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -18,11 +15,9 @@ from rest_framework.response import Response
 
 from agents import services
 from agents.choices import AgentStatus, LogLevel, LogSource
-from agents.models import Agent, AgentLog, AgentVersion
+from agents.models import Agent, AgentLog, AgentVersion, clean_tags, validate_name
 from core.errors import NotFound, ServiceError
 from core.errors import error_responses as errors
-
-TAG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 
 # --- Serializers ---------------------------------------------------------------------------------
 
@@ -70,26 +65,13 @@ class AgentSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_at", "updated_at"]
 
     def get_current_version(self, agent) -> str | None:
-        return f"v{agent.current_version.number}" if agent.current_version_id else None
+        return agent.current_version.label if agent.current_version_id else None
 
     def validate_name(self, value: str) -> str:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", value):
-            raise serializers.ValidationError(
-                "Use 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit."
-            )
-        return value
+        return validate_name(value)
 
     def validate_tags(self, value: list[str]) -> list[str]:
-        tags = []
-        for tag in value:
-            tag = tag.strip().lower()
-            if not TAG_PATTERN.match(tag):
-                raise serializers.ValidationError(
-                    f"{tag!r} is not a valid tag (a-z, 0-9, '-', '_', '.')."
-                )
-            if tag not in tags:
-                tags.append(tag)
-        return tags
+        return clean_tags(value)
 
 
 class AgentVersionSerializer(serializers.ModelSerializer):
@@ -175,17 +157,11 @@ class AgentViewSet(viewsets.ModelViewSet):
         )
         params = self.request.query_params
         if params.get("status"):
-            wanted = {"active": AgentStatus.READY, "inactive": AgentStatus.DRAFT}.get(
-                params["status"], params["status"]
-            )
-            agents = agents.filter(status=wanted)
+            agents = agents.filter(status=AgentStatus.named(params["status"]))
         if params.get("tag"):
             agents = agents.with_tag(params["tag"])
         if params.get("search"):
-            term = params["search"]
-            agents = agents.filter(
-                Q(name__icontains=term) | Q(description__icontains=term) | Q(role__icontains=term)
-            )
+            agents = agents.search(params["search"])
         return agents.order_by("-created_at")
 
     def get_object(self):
@@ -194,10 +170,10 @@ class AgentViewSet(viewsets.ModelViewSet):
     def perform_create(self, serializer):
         data = dict(serializer.validated_data)
         if data.pop("status", None) not in (None, AgentStatus.DRAFT):
-            raise ServiceError(
-                "The status of a new agent is draft",
-                code="validation_error",
-                errors=[{"field": "status", "message": "Cannot be set when creating an agent."}],
+            raise ServiceError.invalid(
+                "status",
+                "Cannot be set when creating an agent.",
+                detail="The status of a new agent is draft",
             )
         agent = services.create_agent(self.request.user, **data)
         serializer.instance = services.access_agent(self.request.user, agent.pk, with_stats=True)

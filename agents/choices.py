@@ -8,6 +8,12 @@ class AgentStatus(models.TextChoices):
     FAILED = "failed"
     ARCHIVED = "archived"
 
+    @classmethod
+    def named(cls, value: str) -> str:
+        """The status a list filter names: a status, or `active` (ready) and `inactive`
+        (draft) as the reference platforms' clients say."""
+        return {"active": cls.READY, "inactive": cls.DRAFT}.get(value, value)
+
 
 class VersionStatus(models.TextChoices):
     QUEUED = "queued"

@@ -1,10 +1,25 @@
-"""django-rq jobs of the agents app: thin, taking ids and calling services."""
+"""django-rq jobs of the agents app: thin, taking ids and calling the build; and the function
+that enqueues them (services call it on commit)."""
 
-from agents import services
+import django_rq
+from django.conf import settings
+from rq import Callback
+
+from agents import builds
+
+
+def enqueue_build(version_id) -> None:
+    """Queue the build of a version on `builds`; a job that dies fails the version."""
+    django_rq.get_queue("builds").enqueue(
+        build_version,
+        str(version_id),
+        job_timeout=settings.AIMOS_BUILD_TIMEOUT,
+        on_failure=Callback(build_job_failed),
+    )
 
 
 def build_version(version_id: str) -> str | None:
-    version = services.build_version(version_id)
+    version = builds.build_version(version_id)
     return version.status if version else None
 
 
@@ -13,4 +28,4 @@ def build_job_failed(job, connection, exc_type, exc_value, tb) -> None:
     `building`."""
     version_id = job.args[0] if job.args else None
     if version_id:
-        services.fail_build(version_id, f"{exc_type.__name__}: {exc_value}".rstrip(": "))
+        builds.fail_build(version_id, f"{exc_type.__name__}: {exc_value}".rstrip(": "))

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from core.errors import ServiceError
+from sandbox.limits import DEFAULTS
 
 MANIFEST_NAMES = ("aimos.yaml", "aimos.yml")
 MAX_MANIFEST_BYTES = 64 * 1024
@@ -33,8 +34,8 @@ MAX_NESTING = 8
 
 RUNTIMES = ("python3.11", "python3")
 DEFAULT_RUNTIME = "python3.11"
-DEFAULT_TIMEOUT = 30
-DEFAULT_RESOURCES = {"memory_mb": 256, "cpus": 0.5, "pids": 64}
+DEFAULT_TIMEOUT = int(DEFAULTS.timeout_seconds)
+DEFAULT_RESOURCES = {"memory_mb": DEFAULTS.memory_mb, "cpus": DEFAULTS.cpus, "pids": DEFAULTS.pids}
 MIN_MEMORY_MB = 16
 MIN_PIDS = 8
 KNOWN_KEYS = (

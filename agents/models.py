@@ -1,16 +1,49 @@
 """Agents, their versions (one per uploaded archive) and their log."""
 
+import re
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
-from django.db.models import Count, Max, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from agents.choices import AgentStatus, LogLevel, LogSource, VersionStatus
+from agents.manifest import NAME_RE
+from agents.runs import runs
 from core.owned import OwnedQuerySet
-from executions.choices import ExecutionStatus
+
+NAME_RULE = "Use 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit."
+TAG_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
+MAX_TAGS = 20
+
+
+def validate_name(value: str) -> str:
+    """An agent's name (the same rule as a manifest's `name`): the API, the pages and the
+    admin all check it here."""
+    if not NAME_RE.fullmatch(value):
+        raise ValidationError(NAME_RULE, code="invalid")
+    return value
+
+
+def clean_tags(values: Iterable[str]) -> list[str]:
+    """Tags as stored: each stripped and lowercased, duplicates dropped, order kept, at most
+    `MAX_TAGS`; ValidationError names the first bad one."""
+    tags: list[str] = []
+    for value in values:
+        tag = value.strip().lower()
+        if not TAG_RE.fullmatch(tag):
+            raise ValidationError(
+                f"{tag!r} is not a valid tag (a-z, 0-9, '-', '_', '.').", code="invalid"
+            )
+        if tag not in tags:
+            tags.append(tag)
+    if len(tags) > MAX_TAGS:
+        raise ValidationError(f"At most {MAX_TAGS} tags.", code="max_length")
+    return tags
 
 
 class AgentQuerySet(OwnedQuerySet):
@@ -23,14 +56,15 @@ class AgentQuerySet(OwnedQuerySet):
         """Annotate each agent with `total_executions`, `successful_executions` and
         `last_execution` (when its newest run was created), in the same query.
 
-        The one rule for these numbers: the API's list and detail both read them from here.
+        The one rule for these numbers (the runs' app gives it, see `agents.runs`): the API's
+        list and detail and the pages all read them from here.
         """
-        return self.annotate(
-            total_executions=Count("executions"),
-            successful_executions=Count(
-                "executions", filter=Q(executions__status=ExecutionStatus.COMPLETED)
-            ),
-            last_execution=Max("executions__created_at"),
+        return runs().with_stats(self)
+
+    def search(self, text: str):
+        """Agents whose name, description or role contains `text` (any case)."""
+        return self.filter(
+            Q(name__icontains=text) | Q(description__icontains=text) | Q(role__icontains=text)
         )
 
 
@@ -151,6 +185,14 @@ class AgentVersion(models.Model):
     @property
     def label(self) -> str:
         return f"v{self.number}"
+
+    @staticmethod
+    def number_from_label(value) -> int | None:
+        """The number a version reference names — 3, "3", "v3" or "V3" — else None."""
+        if isinstance(value, bool):
+            return None
+        match = re.fullmatch(r"[vV]?([0-9]+)", str(value).strip())
+        return int(match.group(1)) if match else None
 
     @property
     def storage_dir(self) -> Path:

@@ -5,26 +5,27 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import threading
-import time
-import traceback
 import uuid
-from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Max
-from django.utils import timezone
 
+from agents.activity import log, version_meta
 from agents.archive import extract_archive
-from agents.choices import AgentStatus, LogLevel, LogSource, VersionStatus
+from agents.builds import environment_of
+from agents.choices import AgentStatus, LogSource, VersionStatus
+from agents.jobs import enqueue_build
 from agents.manifest import load_manifest
-from agents.models import Agent, AgentLog, AgentVersion
-from aimos import feed
+from agents.models import Agent, AgentVersion
+from agents.runs import runs
 from core.errors import Conflict, NotFound, ServiceError
+from core.sandbox_settings import sandbox_config
+from notifications import feed
+from sandbox import get_backend
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +78,12 @@ def latest_ready_agent(user) -> Agent:
 
 
 def access_version(agent: Agent, number: int | str) -> AgentVersion:
-    text = str(number).lower().removeprefix("v")
-    if not text.isdigit():
+    """The agent's version `number` names (3, "3", "v3"), else NotFound."""
+    number = AgentVersion.number_from_label(number)
+    if number is None:
         raise NotFound("Version not found")
     try:
-        return agent.versions.get(number=int(text))
+        return agent.versions.get(number=number)
     except AgentVersion.DoesNotExist:
         raise NotFound("Version not found") from None
 
@@ -97,10 +99,10 @@ def _name_taken(owner, name: str, exclude=None) -> bool:
 
 
 def _name_error() -> ServiceError:
-    return ServiceError(
-        "An agent with this name already exists",
-        code="validation_error",
-        errors=[{"field": "name", "message": "You already have an agent with this name."}],
+    return ServiceError.invalid(
+        "name",
+        "You already have an agent with this name.",
+        detail="An agent with this name already exists",
     )
 
 
@@ -149,11 +151,7 @@ def check_agent_idle(agent: Agent) -> None:
     """Conflict while a build or a run of the agent is in progress."""
     if agent.versions.filter(status__in=VersionStatus.active()).exists():
         raise Conflict("The agent has a build in progress; try again when it ends")
-    executions = getattr(agent, "executions", None)
-    if (
-        executions is not None
-        and executions.filter(status__in=("pending", "running", "paused")).exists()
-    ):
+    if runs().in_progress(agent):
         raise Conflict("The agent has executions in progress; cancel them first")
 
 
@@ -167,12 +165,11 @@ def delete_agent(agent: Agent) -> None:
 
 
 def _remove_files(storage: Path, versions: list[AgentVersion]) -> None:
-    from sandbox import get_backend
-
     for version in versions:
         if version.sandbox_location:
             try:
-                get_backend(version.sandbox_backend).remove(_environment(version))
+                backend = get_backend(version.sandbox_backend, config=sandbox_config())
+                backend.remove(environment_of(version))
             except Exception:  # cleanup is best effort: the record is already gone
                 logger.exception("could not remove the environment of version %s", version.pk)
     shutil.rmtree(storage, ignore_errors=True)
@@ -247,7 +244,7 @@ def create_version(agent: Agent, upload: IO[bytes]) -> AgentVersion:
             version.storage_dir.parent.mkdir(parents=True, exist_ok=True)
             staging.rename(version.storage_dir)
             locked.refresh_state()
-            log(locked, f"Version {version.label} uploaded", metadata=_meta(version))
+            log(locked, f"Version {version.label} uploaded", metadata=version_meta(version))
             transaction.on_commit(lambda: enqueue_build(version.pk))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -269,198 +266,6 @@ def rebuild_version(version: AgentVersion) -> AgentVersion:
             raise Conflict(f"The version is already {version.status}")
         version.requeue()
         version.agent.refresh_state()
-        log(version.agent, f"Rebuild of {version.label} requested", metadata=_meta(version))
+        log(version.agent, f"Rebuild of {version.label} requested", metadata=version_meta(version))
         transaction.on_commit(lambda: enqueue_build(version.pk))
     return version
-
-
-def enqueue_build(version_id) -> None:
-    import django_rq
-    from rq import Callback
-
-    from agents import jobs
-
-    django_rq.get_queue("builds").enqueue(
-        jobs.build_version,
-        str(version_id),
-        job_timeout=settings.AIMOS_BUILD_TIMEOUT,
-        on_failure=Callback(jobs.build_job_failed),
-    )
-
-
-# --- Build -------------------------------------------------------------------------------------
-
-
-class BuildLog:
-    """Collects build output and writes it to the version row at most every half second,
-    so people can watch a build as it happens without a write per line."""
-
-    interval = 0.5
-
-    def __init__(self, version_id) -> None:
-        self.version_id = version_id
-        self.lines: list[str] = []
-        self.lock = threading.Lock()
-        self.flushed_at = 0.0
-        self.thread = threading.current_thread()
-
-    def __call__(self, line: str) -> None:
-        with self.lock:
-            self.lines.append(line.rstrip("\n"))
-        if time.monotonic() - self.flushed_at >= self.interval:
-            self.flush()
-
-    def flush(self) -> None:
-        self.flushed_at = time.monotonic()
-        AgentVersion.objects.filter(pk=self.version_id, status=VersionStatus.BUILDING).update(
-            build_log=self.text
-        )
-        if threading.current_thread() is not self.thread:
-            # A backend's reader thread: its connection would outlive the build otherwise.
-            connection.close()
-
-    @property
-    def text(self) -> str:
-        with self.lock:
-            return "\n".join(self.lines)
-
-
-def _environment(version: AgentVersion):
-    from sandbox.base import Environment
-
-    return Environment(
-        backend=version.sandbox_backend,
-        key=str(version.pk),
-        source_dir=version.source_dir,
-        location=version.sandbox_location,
-        manifest=version.manifest,
-    )
-
-
-def environment_of(version: AgentVersion):
-    """The sandbox environment a ready version runs in."""
-    return _environment(version)
-
-
-def build_version(version_id) -> AgentVersion | None:
-    """Build a queued version: install its requirements and check its entrypoint inside the
-    sandbox. Ends `ready` (and the agent's current version moves to it) or `failed` with the
-    reason in `build_log`. Returns None when another worker already claimed the build."""
-    from sandbox import get_backend
-    from sandbox.base import SandboxError
-
-    if not AgentVersion.claim_build(version_id):
-        return None
-    version = AgentVersion.objects.select_related("agent").get(pk=version_id)
-    version.agent.refresh_state()
-    log(version.agent, f"Build of {version.label} started", metadata=_meta(version))
-    _notify_build(version, "build_started")
-    build_log = BuildLog(version.pk)
-    backend = None
-    try:
-        backend = get_backend()
-        build_log(f"Building {version.label} with the {backend.name} sandbox")
-        env = backend.prepare(
-            version.source_dir, version.manifest, key=str(version.pk), log=build_log
-        )
-        build_log(f"Checking the entrypoint {version.entrypoint}")
-        inspection = backend.inspect(env, version.entrypoint)
-        if not inspection.ok or not inspection.callable:
-            reason = inspection.error or f"{version.entrypoint} is not callable"
-            if inspection.traceback:
-                build_log(inspection.traceback.rstrip())
-            raise SandboxError(f"Entrypoint check failed: {reason}")
-        build_log(f"Entrypoint {version.entrypoint}{inspection.signature or ''} is callable")
-        build_log("Build succeeded")
-        ok, location = True, env.location
-    except SandboxError as exc:
-        build_log(f"Build failed: {exc}")
-        ok, location = False, ""
-    except Exception as exc:  # a bug or an engine error: the version must still end failed
-        logger.exception("build of version %s crashed", version_id)
-        build_log(f"Build failed: internal error ({exc.__class__.__name__}: {exc})")
-        build_log(traceback.format_exc().rstrip())
-        ok, location = False, ""
-    _finish_build(
-        version_id,
-        ok=ok,
-        log_text=build_log.text,
-        backend=backend.name if backend else "",
-        location=location,
-    )
-    return AgentVersion.objects.get(pk=version_id)
-
-
-def _finish_build(
-    version_id, *, ok: bool, log_text: str, backend: str = "", location: str = ""
-) -> None:
-    with transaction.atomic():
-        version = (
-            AgentVersion.objects.select_for_update().select_related("agent").get(pk=version_id)
-        )
-        if version.status != VersionStatus.BUILDING:
-            return
-        version.finish_build(ready=ok, log=log_text, backend=backend, location=location)
-        version.agent.refresh_state()
-        _notify_build(version, "build_completed")
-        if ok:
-            log(version.agent, f"Build of {version.label} completed", metadata=_meta(version))
-        else:
-            last = log_text.strip().splitlines()[-1] if log_text.strip() else "unknown reason"
-            log(
-                version.agent,
-                f"Build of {version.label} failed: {last}",
-                level=LogLevel.ERROR,
-                metadata=_meta(version),
-            )
-
-
-def _notify_build(version: AgentVersion, kind: str) -> None:
-    feed.notify(
-        version.agent.owner_id,
-        kind,
-        {
-            "agent_id": str(version.agent_id),
-            "agent_name": version.agent.name,
-            "version": version.label,
-            "status": version.status,
-        },
-    )
-
-
-def fail_build(version_id, reason: str) -> None:
-    """Mark a build that died (job crashed, timed out, worker killed) as failed."""
-    version = AgentVersion.objects.filter(pk=version_id).first()
-    if version is None or version.status != VersionStatus.BUILDING:
-        return
-    text = f"{version.build_log}\nBuild failed: {reason}".strip()
-    _finish_build(version_id, ok=False, log_text=text)
-
-
-def fail_stale_builds() -> int:
-    """Builds still `building` after the build timeout (their worker died) end failed."""
-    cutoff = timezone.now() - timedelta(seconds=settings.AIMOS_BUILD_TIMEOUT + 60)
-    stale = list(AgentVersion.stale_builds(cutoff).values_list("pk", flat=True))
-    for version_id in stale:
-        fail_build(version_id, "the build did not finish in time (its worker stopped)")
-    return len(stale)
-
-
-# --- Log ---------------------------------------------------------------------------------------
-
-
-def _meta(version: AgentVersion) -> dict:
-    return {"version_id": str(version.pk), "version": version.label, "status": version.status}
-
-
-def log(
-    agent: Agent,
-    message: str,
-    *,
-    source: str = LogSource.BUILD,
-    level: str = LogLevel.INFO,
-    metadata: dict | None = None,
-) -> AgentLog:
-    return AgentLog.objects.create(
-        agent=agent, message=message, source=source, level=level, metadata=metadata or {}
-    )

@@ -1,13 +1,10 @@
 """Dashboard pages of agents: the list, a new agent, an agent with its versions, uploads,
 builds followed live, and the form that runs it."""
 
-import re
-
 from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import Q
 from django.http import JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -16,25 +13,21 @@ from django.views.decorators.http import require_POST
 
 from agents import services
 from agents.choices import AgentStatus, VersionStatus
-from agents.models import Agent
+from agents.manifest import NAME_RE
+from agents.models import Agent, clean_tags, validate_name
+from agents.runs import runs
 from core.errors import ServiceError
 from core.pages import add_to_form, error_text, found, outcome, parse_json
-from executions import services as executions
-from executions.models import Execution
 
-NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,63}"
-TAG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+RECENT_RUNS = 10
 
 
 class AgentForm(forms.Form):
-    name = forms.RegexField(
-        regex=rf"^{NAME_PATTERN}$",
+    name = forms.CharField(
         max_length=64,
-        error_messages={
-            "invalid": "Use lowercase letters, digits, '-' or '_', starting with a letter or digit."
-        },
+        validators=[validate_name],
         widget=forms.TextInput(
-            attrs={"placeholder": "my-agent", "pattern": NAME_PATTERN, "autocomplete": "off"}
+            attrs={"placeholder": "my-agent", "pattern": NAME_RE.pattern, "autocomplete": "off"}
         ),
         help_text="Lowercase letters, digits, - and _; unique among your agents.",
     )
@@ -47,20 +40,7 @@ class AgentForm(forms.Form):
     )
 
     def clean_tags(self) -> list[str]:
-        tags: list[str] = []
-        for tag in self.cleaned_data["tags"].split(","):
-            tag = tag.strip().lower()
-            if not tag:
-                continue
-            if not TAG_PATTERN.match(tag):
-                raise forms.ValidationError(
-                    f"“{tag}” is not a valid tag (a-z, 0-9, '-', '_', '.')."
-                )
-            if tag not in tags:
-                tags.append(tag)
-        if len(tags) > 20:
-            raise forms.ValidationError("At most 20 tags.")
-        return tags
+        return clean_tags(tag for tag in self.cleaned_data["tags"].split(",") if tag.strip())
 
 
 class RunForm(forms.Form):
@@ -115,9 +95,7 @@ def agent_list(request):
     if status in AgentStatus.values:
         agents = agents.filter(status=status)
     if search:
-        agents = agents.filter(
-            Q(name__icontains=search) | Q(description__icontains=search) | Q(role__icontains=search)
-        )
+        agents = agents.search(search)
     return render(
         request,
         "agents/agent_list.html",
@@ -149,9 +127,7 @@ def agent_create(request):
 
 def _detail(request, agent: Agent, *, run_form=None, upload_form=None, status=200):
     versions = agent.versions.order_by("-number")
-    recent = (
-        Execution.objects.filter(agent=agent).select_related("version").order_by("-created_at")[:10]
-    )
+    recent = runs().recent(agent, RECENT_RUNS)
     if run_form is None:
         # "Run again" from an execution's page brings that run's input along.
         run_form = RunForm(agent=agent, initial={"input": request.GET.get("input") or "{}"})
@@ -251,7 +227,7 @@ def agent_run(request, agent_id):
         messages.error(request, "The run was not started: check the form.")
         return _detail(request, agent, run_form=form, status=400)
     try:
-        execution = executions.start_execution(
+        execution = runs().start(
             request.user,
             agent,
             input=form.cleaned_data["input"],

@@ -18,5 +18,6 @@ urlpatterns = [
     path("", include("accounts.urls")),
     path("", include("agents.urls")),
     path("", include("executions.urls")),
+    path("", include("notifications.urls")),
     *compat.api_aliases,
 ]

@@ -7,3 +7,10 @@ class AimosConfig(AppConfig):
     name = "aimos"
     verbose_name = "System"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Agents sit below executions and never import them: the project tells agents
+        # about their runs.
+        from executions import agent_runs
+
+        agent_runs.connect()

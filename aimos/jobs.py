@@ -32,7 +32,7 @@ class JSONWorker(OwnJobsOnly, Worker):
     """The worker of `manage.py rqworker` and `rqworker-pool` (settings.RQ's WORKER_CLASS)."""
 
 
-JOB_MODULES = ("agents.jobs", "executions.jobs", "aimos.jobs")
+JOB_MODULES = ("agents.jobs", "executions.jobs", "notifications.jobs", "aimos.jobs")
 
 
 def foreign_function(job) -> str | None:

@@ -8,6 +8,7 @@ from accounts import views as accounts
 from agents import views as agents
 from aimos import views as overview
 from executions import views as executions
+from notifications import views as notifications
 
 urlpatterns = [
     path("", overview.overview, name="overview"),
@@ -59,12 +60,12 @@ urlpatterns = [
         name="checkpoint-fork",
     ),
     # Webhooks and their deliveries.
-    path("webhooks/", executions.webhook_list, name="webhook-list"),
-    path("webhooks/<uuid:webhook_id>/", executions.webhook_detail, name="webhook-detail"),
-    path("webhooks/<uuid:webhook_id>/toggle/", executions.webhook_toggle, name="webhook-toggle"),
+    path("webhooks/", notifications.webhook_list, name="webhook-list"),
+    path("webhooks/<uuid:webhook_id>/", notifications.webhook_detail, name="webhook-detail"),
+    path("webhooks/<uuid:webhook_id>/toggle/", notifications.webhook_toggle, name="webhook-toggle"),
     path(
         "webhooks/<uuid:webhook_id>/deliveries/<str:delivery_id>/redeliver/",
-        executions.delivery_redeliver,
+        notifications.delivery_redeliver,
         name="delivery-redeliver",
     ),
     # Credentials.

@@ -15,7 +15,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from sandbox.backends import SandboxConfig, get_backend, sandbox_config
+from core.sandbox_settings import sandbox_config
+from sandbox.backends import SandboxConfig, get_backend
 from sandbox.base import Backend
 
 logger = logging.getLogger(__name__)

@@ -110,9 +110,9 @@ INSTALLED_APPS = [
     "channels",
     "aimos",
     "accounts",
+    "notifications",
     "agents",
     "executions",
-    "sandbox",
 ]
 
 MIDDLEWARE = [

@@ -14,13 +14,16 @@ import secrets
 import threading
 
 import django_rq
+import psutil
 from django.conf import settings
 from django.db import close_old_connections, connections
+from django.utils import timezone
 
-from agents.services import fail_stale_builds
-from aimos import feed
+from agents.builds import fail_stale_builds
+from aimos import system
 from aimos.system import sample_for_maintenance
-from executions.services import sweep_lost_runs
+from executions.recovery import sweep_lost_runs
+from notifications import feed
 
 logger = logging.getLogger("aimos.upkeep")
 
@@ -31,8 +34,20 @@ def upkeep_pass() -> dict:
     """One pass of upkeep; what it did."""
     done = {"stale_builds": fail_stale_builds(), **sweep_lost_runs()}
     done["metrics_sample"] = sample_for_maintenance()
-    done["metrics_update"] = feed.broadcast_metrics_if_due()
+    done["metrics_update"] = feed.broadcast_metrics_if_due(current_metrics)
     return done
+
+
+def current_metrics() -> dict:
+    """The host as a feed's `metrics_update` shows it: CPU over a short window, memory now,
+    and the health score of `aimos.system` (the share of its checks that pass)."""
+    checks, _, _ = system.health_checks()
+    return {
+        "cpu_usage": round(psutil.cpu_percent(interval=system.SAMPLE_WINDOW_SECONDS), 2),
+        "memory_usage": round(psutil.virtual_memory().percent, 2),
+        "system_health_score": system.health_score(checks),
+        "timestamp": timezone.now().isoformat(),
+    }
 
 
 def take_turn(connection, interval: float) -> bool:

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aimos.settings")
 os.environ.setdefault("DEBUG", "1")
 
-from sandbox.backends import get_backend, sandbox_config  # noqa: E402
+from core.sandbox_settings import sandbox_config  # noqa: E402
+from sandbox.backends import get_backend  # noqa: E402
 from sandbox.base import Limits, SandboxUnavailable  # noqa: E402
 
 AGENT = """\

@@ -8,6 +8,7 @@ ever served there.
 
 import logging
 import uuid
+from collections.abc import Iterable
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, JsonResponse
@@ -28,6 +29,21 @@ class ServiceError(Exception):
         if code:
             self.code = code
         self.errors = errors or []
+
+    @classmethod
+    def invalid(
+        cls,
+        field: str | None,
+        message: str,
+        *,
+        detail: str = "Invalid request data",
+        code: str = "validation_error",
+        more: Iterable[tuple[str | None, str]] = (),
+    ) -> "ServiceError":
+        """A request refused for its data: `message` about `field` (and `more` such pairs),
+        in the `[{"field", "message"}]` shape every error body has."""
+        pairs = [(field, message), *more]
+        return cls(detail, code=code, errors=[{"field": f, "message": m} for f, m in pairs])
 
 
 class Conflict(ServiceError):

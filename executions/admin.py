@@ -7,19 +7,11 @@ through their transitions, so every page is read-only and the actions call the s
 import json
 
 from django.contrib import admin, messages
-from django.db import models
 from django.utils.html import format_html, format_html_join
 
 from core.errors import ServiceError
-from executions import services, webhooks
-from executions.models import (
-    Batch,
-    Checkpoint,
-    Execution,
-    ExecutionEvent,
-    Webhook,
-    WebhookDelivery,
-)
+from executions import control
+from executions.models import Batch, Checkpoint, Execution, ExecutionEvent
 
 RECENT_EVENTS = 200
 
@@ -164,7 +156,7 @@ class ExecutionAdmin(ReadOnlyAdmin):
         self._control(
             request,
             queryset,
-            lambda execution: services.cancel_execution(execution, wait=0),
+            lambda execution: control.cancel_execution(execution, wait=0),
             "cancel requested",
         )
 
@@ -173,7 +165,7 @@ class ExecutionAdmin(ReadOnlyAdmin):
         self._control(
             request,
             queryset,
-            lambda execution: services.pause_execution(execution, wait=0),
+            lambda execution: control.pause_execution(execution, wait=0),
             "pause requested",
         )
 
@@ -182,7 +174,7 @@ class ExecutionAdmin(ReadOnlyAdmin):
         self._control(
             request,
             queryset,
-            lambda execution: services.resume_execution(execution, wait=0),
+            lambda execution: control.resume_execution(execution, wait=0),
             "resume requested",
         )
 
@@ -222,44 +214,3 @@ class ExecutionEventAdmin(ReadOnlyAdmin):
     list_select_related = ["execution"]
     # The event table grows fastest of all: no full count on every page.
     show_full_result_count = False
-
-
-class DeliveryInline(ReadOnlyInline):
-    model = WebhookDelivery
-    fields = ["id", "event", "status", "attempts", "response_status", "error", "created_at"]
-    readonly_fields = fields
-    ordering = ["-created_at"]
-    show_change_link = True
-
-
-@admin.register(Webhook)
-class WebhookAdmin(admin.ModelAdmin):
-    list_display = ["url", "user", "events", "is_active", "created_at"]
-    list_filter = ["is_active"]
-    search_fields = ["url", "description", "user__username"]
-    date_hierarchy = "created_at"
-    list_select_related = ["user"]
-    # The signing secret is never shown.
-    fields = ["id", "user", "url", "events", "description", "is_active", "created_at"]
-    readonly_fields = ["id", "user", "created_at"]
-    inlines = [DeliveryInline]
-    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
-
-    def has_add_permission(self, request):
-        return False
-
-
-@admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(ReadOnlyAdmin):
-    list_display = ["id", "webhook", "event", "status", "attempts", "response_status", "created_at"]
-    list_filter = ["status", "event"]
-    search_fields = ["id", "webhook__url"]
-    date_hierarchy = "created_at"
-    list_select_related = ["webhook"]
-    actions = ["redeliver"]
-
-    @admin.action(description="Redeliver the selected deliveries")
-    def redeliver(self, request, queryset):
-        for delivery in queryset:
-            webhooks.redeliver(delivery)
-        self.message_user(request, f"Queued {queryset.count()} redelivery(ies).", messages.SUCCESS)

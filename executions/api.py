@@ -1,8 +1,6 @@
 """Executions API: run agents, read runs and their events, control them, checkpoints, batches
 and chat. Views validate the request, call one service and render the result."""
 
-import re
-
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -17,17 +15,15 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from agents import services as agents
+from agents.models import AgentVersion
 from core.errors import ServiceError
 from core.errors import error_responses as errors
-from executions import services
+from executions import batches, control, events, services, streams
 from executions.choices import ErrorType, ExecutionStatus
 from executions.models import Batch, Checkpoint, Execution, ExecutionEvent
 
 # Reference clients filter with the words of their own platforms.
 STATUS_ALIASES = {"success": ExecutionStatus.COMPLETED, "error": ExecutionStatus.FAILED}
-
-# A run waits in the queue and starts its sandbox before its own timeout starts counting.
-START_SLACK_SECONDS = 10
 
 EVENTS_DEFAULT_LIMIT = 1000
 EVENTS_MAX_LIMIT = 10000
@@ -93,9 +89,10 @@ class ExecutionSerializer(serializers.ModelSerializer):
 )
 class VersionField(serializers.Field):
     def to_internal_value(self, data) -> int:
-        if isinstance(data, bool) or not re.fullmatch(r"[vV]?\d+", str(data).strip()):
+        number = AgentVersion.number_from_label(data)
+        if number is None:
             raise serializers.ValidationError("A version number (3) or label (v3).")
-        return int(str(data).strip().lower().removeprefix("v"))
+        return number
 
     def to_representation(self, value):
         return value
@@ -149,16 +146,14 @@ class ExecutionFilterSerializer(serializers.Serializer):
         given = {name: params[name] for name in cls().fields if params.get(name, "") != ""}
         serializer = cls(data=given)
         serializer.is_valid(raise_exception=True)
-        lookups = {
-            "agent_id": "agent_id",
-            "agent_version_id": "version_id",
-            "status": "status",
-            "batch": "batch_id",
-            "created_after": "created_at__gte",
-            "created_before": "created_at__lt",
-        }
-        return executions.filter(
-            **{lookups[name]: value for name, value in serializer.validated_data.items()}
+        data = serializer.validated_data
+        return executions.matching(
+            status=data.get("status"),
+            agent_id=data.get("agent_id"),
+            version_id=data.get("agent_version_id"),
+            batch_id=data.get("batch"),
+            created_after=data.get("created_after"),
+            created_before=data.get("created_before"),
         )
 
 
@@ -304,7 +299,7 @@ class BatchStartedSerializer(serializers.Serializer):
         return batch.executions.count()
 
     def get_estimated_duration(self, batch) -> int:
-        return services.estimated_duration(batch)
+        return batches.estimated_duration(batch)
 
 
 class BatchSerializer(serializers.ModelSerializer):
@@ -344,7 +339,8 @@ class BatchSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_status(self, batch) -> str:
-        return "completed" if batch.summary["finished"] else "running"
+        finished = batch.summary["finished"]
+        return ExecutionStatus.COMPLETED if finished else ExecutionStatus.RUNNING
 
     @extend_schema_field(ExecutionSerializer(many=True))
     def get_executions(self, batch):
@@ -388,10 +384,7 @@ def wants_stream(request) -> bool:
 
 def _renderers(view, streaming_actions):
     if getattr(view, "action", None) in streaming_actions:
-        # The stream module is imported only where a stream may be answered.
-        from executions.streams import EventStreamRenderer
-
-        return [JSONRenderer(), EventStreamRenderer()]
+        return [JSONRenderer(), streams.EventStreamRenderer()]
     return None
 
 
@@ -443,9 +436,9 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
     def get_renderers(self):
         return _renderers(self, {"events"}) or super().get_renderers()
 
-    def default_wait(self, execution: Execution) -> float:
-        """Seconds to wait for the end when the request does not say."""
-        return 0
+    # Whether a request that does not say how long to wait gets the run's outcome (its
+    # clients expect it in the answer) or an answer at once.
+    waits_until_end = False
 
     def _start(self, request, agent, data) -> Response:
         execution = services.start_execution(
@@ -455,11 +448,7 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
             timeout_seconds=data.get("timeout_seconds"),
             version=data.get("version"),
         )
-        wait = data.get("wait")
-        if wait is None:
-            wait = self.default_wait(execution)
-        if wait:
-            execution = services.wait_for(execution, wait)
+        execution = services.wait_for(execution, data.get("wait"), until_end=self.waits_until_end)
         code = status.HTTP_201_CREATED if execution.is_terminal else status.HTTP_202_ACCEPTED
         return Response(self.get_serializer(execution).data, status=code)
 
@@ -528,11 +517,9 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
         query.is_valid(raise_exception=True)
         after = query.validated_data["after"]
         if wants_stream(request):
-            from executions import streams
-
-            return streams.sse_response(request, execution, after)
-        events = services.events_after(execution, after, query.validated_data["limit"])
-        return Response(EventSerializer(events, many=True).data)
+            return streams.sse_response(execution, after)
+        stored = events.events_after(execution, after, query.validated_data["limit"])
+        return Response(EventSerializer(stored, many=True).data)
 
     @extend_schema(
         parameters=[EXECUTION_ID],
@@ -554,7 +541,7 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
     def cancel(self, request, pk=None):
         """Cancel: a pending run never starts; a running or paused one is killed, and this
         answers once every process of it is gone (or after 30 s, still cancelling)."""
-        execution = services.cancel_execution(self.get_object())
+        execution = control.cancel_execution(self.get_object())
         return Response(self.get_serializer(execution).data)
 
     @extend_schema(
@@ -565,7 +552,7 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
     @action(detail=True, methods=["post"])
     def pause(self, request, pk=None):
         """Freeze a running run."""
-        execution = services.pause_execution(self.get_object())
+        execution = control.pause_execution(self.get_object())
         return Response(self.get_serializer(execution).data)
 
     @extend_schema(
@@ -576,7 +563,7 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
     @action(detail=True, methods=["post"])
     def resume(self, request, pk=None):
         """Let a paused run go on."""
-        execution = services.resume_execution(self.get_object())
+        execution = control.resume_execution(self.get_object())
         return Response(self.get_serializer(execution).data)
 
 
@@ -613,11 +600,7 @@ class CheckpointViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         serializer = RestoreSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         if not serializer.validated_data["create_new_run"]:
-            raise ServiceError(
-                REWIND_REFUSED,
-                code="validation_error",
-                errors=[{"field": "create_new_run", "message": REWIND_REFUSED}],
-            )
+            raise ServiceError.invalid("create_new_run", REWIND_REFUSED, detail=REWIND_REFUSED)
         execution = services.restore_checkpoint(
             request.user, checkpoint, modifications=serializer.validated_data["modifications"]
         )
@@ -651,8 +634,8 @@ class BatchViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         return Batch.objects.for_user(self.request.user)
 
     def get_object(self):
-        batch = services.access_batch(self.request.user, self.kwargs["pk"])
-        batch.summary = services.batch_summary(batch)
+        batch = batches.access_batch(self.request.user, self.kwargs["pk"])
+        batch.summary = batches.batch_summary(batch)
         return batch
 
     @extend_schema(parameters=[BATCH_ID], responses={200: BatchSerializer, **errors(401, 404)})
@@ -708,9 +691,7 @@ class ChatViewSet(viewsets.GenericViewSet):
         if stream is None:
             stream = wants_stream(request)
         if stream:
-            from executions import streams
-
-            return streams.sse_response(request, execution, 0)
-        execution = services.wait_for(execution, execution.timeout_seconds + START_SLACK_SECONDS)
+            return streams.sse_response(execution, 0)
+        execution = services.wait_for(execution, until_end=True)
         code = status.HTTP_200_OK if execution.is_terminal else status.HTTP_202_ACCEPTED
         return Response(ChatResponseSerializer(execution).data, status=code)

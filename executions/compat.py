@@ -7,8 +7,8 @@ from rest_framework import serializers, viewsets
 from rest_framework.response import Response
 
 from agents import services as agents
-from executions import services
-from executions.api import START_SLACK_SECONDS, ExecutionSerializer, ExecutionViewSet
+from executions import control, services
+from executions.api import ExecutionSerializer, ExecutionViewSet
 from executions.choices import ExecutionStatus
 from executions.models import Execution, ExecutionEvent
 
@@ -114,7 +114,7 @@ class WorkflowViewSet(viewsets.GenericViewSet):
         return Response(self.get_serializer(self.get_object()).data)
 
     def cancel(self, request, pk=None):
-        execution = services.cancel_execution(self.get_object())
+        execution = control.cancel_execution(self.get_object())
         return Response(self.get_serializer(execution).data)
 
     def active(self, request):
@@ -157,6 +157,4 @@ class RuntimeExecutionViewSet(ExecutionViewSet):
     `runtime/executions` paths, with Anymind's execution shape."""
 
     serializer_class = RuntimeExecutionSerializer
-
-    def default_wait(self, execution: Execution) -> float:
-        return execution.timeout_seconds + START_SLACK_SECONDS
+    waits_until_end = True

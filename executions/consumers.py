@@ -4,8 +4,9 @@ Who may connect, and the close codes of a refusal, are `accounts.websocket`'s.
 
 `/ws/executions/<id>/?after=<seq>` — the run's events after `after` (default 0), then live,
 as the SSE stream has them: the same `seq`, one message per event, each the whole event
-`{seq, type, data, timestamp, execution_id}`. The consumer joins `execution.<id>` before it
-reads the log, so nothing published in between is lost; live messages at or below the last
+`{seq, type, data, timestamp, execution_id}`, read by `executions.events.RunStream` (the SSE
+stream's reader too). It joins `execution.<id>` before it reads the log, so nothing
+published in between is lost; live messages at or below the last
 `seq` sent are dropped, and a skipped number (the channel layer drops messages when a
 client's buffer is full) or AIMOS_SSE_HEARTBEAT_SECONDS without any live message makes it
 read the log again. After the terminal event (`run_completed`, `run_failed`,
@@ -14,7 +15,7 @@ the final state (output, metrics or error) for the dashboard to render, and a no
 tells the client not to reconnect. A run that ended at or before `after` closes with 1000 at
 once, after sending nothing.
 
-`/ws/events/` — the user feed (`aimos.feed`): `{type, data, timestamp}` messages of the
+`/ws/events/` — the user feed (`notifications.feed`): `{type, data, timestamp}` messages of the
 user's agents, builds and executions, and the periodic `metrics_update`. The client sends
 nothing; anything it sends is ignored.
 
@@ -27,11 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 
 from channels.db import database_sync_to_async
-from django.conf import settings
 
 from accounts.websocket import (
     CLOSE_BAD_REQUEST,
@@ -40,17 +39,15 @@ from accounts.websocket import (
     AuthenticatedConsumer,
     query_params,
 )
-from aimos import feed
 from core.errors import NotFound
 from executions import services
-from executions.choices import TERMINAL_EVENTS
-from executions.models import Execution, ExecutionEvent
+from executions.events import RunStream
+from notifications import feed
 
 logger = logging.getLogger(__name__)
 
-TERMINAL_TYPES = frozenset(TERMINAL_EVENTS.values())
 CLOSE_NORMAL = 1000
-REPLAY_CHUNK = 1000
+CLOSE_SERVER_ERROR = 1011
 # The channel layer forgets a group membership after a day (channels-redis `group_expiry`);
 # a feed socket left open longer renews its memberships this often.
 GROUP_RENEW_SECONDS = 3600
@@ -65,23 +62,12 @@ def _accessible_execution_id(user, execution_id):
         return None
 
 
-@database_sync_to_async
-def _read_log(execution_id, after: int) -> tuple[bool, list[dict]]:
-    """(whether the run had ended, its next events after `after`). The status is read first:
-    a run's terminal status and its terminal event commit together, so when it had ended,
-    the events read next include the terminal one."""
-    ended = Execution.objects.filter(pk=execution_id, status__in=TERMINAL_EVENTS.keys()).exists()
-    events = ExecutionEvent.objects.filter(execution_id=execution_id, seq__gt=after).order_by("seq")
-    return ended, [event.as_message() for event in events[:REPLAY_CHUNK]]
-
-
 class ExecutionConsumer(AuthenticatedConsumer):
-    """The events of one execution, from the log then live, each `seq` exactly once."""
+    """The events of one execution, from the log then live, each `seq` exactly once
+    (`RunStream`), closed with 1000 after the terminal event."""
 
-    execution_id = None
-    group = None
-    last = 0
-    done = False
+    stream = None
+    relay = None
 
     async def open(self) -> None:
         try:
@@ -90,86 +76,37 @@ class ExecutionConsumer(AuthenticatedConsumer):
             await self.refuse(CLOSE_BAD_REQUEST)
             return
         requested = self.scope["url_route"]["kwargs"]["execution_id"]
-        self.execution_id = await _accessible_execution_id(self.user, requested)
-        if self.execution_id is None:
+        execution_id = await _accessible_execution_id(self.user, requested)
+        if execution_id is None:
             await self.refuse(CLOSE_NOT_FOUND)
             return
-        self.last = max(0, after)
-        self.lock = asyncio.Lock()
-        self.heard_at = time.monotonic()
+        self.stream = RunStream(execution_id, after, layer=self.channel_layer)
         # Subscribe before reading the log, so nothing published in between is missed.
-        self.group = f"execution.{self.execution_id}"
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.stream.subscribe()
         await self.admit()
-        async with self.lock:
-            await self._catch_up()
-        if not self.done:
-            self.watchdog = asyncio.create_task(self._watch())
+        self.relay = asyncio.create_task(self._relay())
 
-    async def execution_events(self, message) -> None:
-        """A batch of live events from `services.publish`."""
-        self.heard_at = time.monotonic()
-        async with self.lock:
-            for event in message["events"]:
-                if self.done:
-                    return
-                if event["seq"] <= self.last:
-                    continue
-                if event["seq"] != self.last + 1:
-                    await self._catch_up()  # a message was lost: the log has it
-                    return
-                await self._send_event(event)
-
-    async def _catch_up(self) -> None:
-        """Send what the log holds after the last `seq` sent (caller holds the lock)."""
-        while not self.done:
-            ended, events = await _read_log(self.execution_id, self.last)
-            for event in events:
-                await self._send_event(event)
-                if self.done:
-                    return
-            if len(events) < REPLAY_CHUNK:
-                if ended:
-                    await self._end()  # its terminal event was at or before `after`
-                return
-
-    async def _send_event(self, event: dict) -> None:
-        await self.send_json(event)
-        self.last = event["seq"]
-        if event["type"] in TERMINAL_TYPES:
-            await self._end()
-
-    async def _end(self) -> None:
-        self.done = True
-        await self._leave()
+    async def _relay(self) -> None:
+        try:
+            async for event in self.stream:
+                if event is not None:  # None: a quiet spell, nothing to send
+                    await self.send_json(event)
+        except Exception:  # e.g. the database gone while replaying: the client reconnects
+            logger.exception("streaming execution %s failed", self.stream.execution_id)
+            await self.stream.close()
+            await self.close(CLOSE_SERVER_ERROR)
+            return
+        await self.stream.close()
         await self.close(CLOSE_NORMAL)
 
-    async def _watch(self) -> None:
-        """Read the log again whenever no live message came for a while: the channel layer
-        may have dropped the last ones, which no later number would reveal."""
-        interval = settings.AIMOS_SSE_HEARTBEAT_SECONDS
-        while not self.done:
-            await asyncio.sleep(interval)
-            if time.monotonic() - self.heard_at >= interval:
-                try:
-                    async with self.lock:
-                        await self._catch_up()
-                except Exception:  # e.g. the database restarting: try again next time
-                    logger.exception("catching up execution %s failed", self.execution_id)
-
-    async def _leave(self) -> None:
-        if self.group is not None:
-            group, self.group = self.group, None
-            await self.channel_layer.group_discard(group, self.channel_name)
-
     async def disconnect(self, code) -> None:
-        self.done = True
-        watchdog = getattr(self, "watchdog", None)
-        if watchdog is not None and watchdog is not asyncio.current_task():
-            watchdog.cancel()
+        relay = self.relay
+        if relay is not None and relay is not asyncio.current_task():
+            relay.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await watchdog
-        await self._leave()
+                await relay
+        if self.stream is not None:
+            await self.stream.close()
 
     async def receive(self, text_data=None, bytes_data=None) -> None:
         pass  # the stream is one-way

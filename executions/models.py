@@ -40,6 +40,28 @@ class ExecutionQuerySet(OwnedQuerySet):
     def active(self):
         return self.filter(status__in=ExecutionStatus.active())
 
+    def matching(
+        self,
+        *,
+        status: str | None = None,
+        agent_id=None,
+        version_id=None,
+        batch_id=None,
+        created_after=None,
+        created_before=None,
+    ):
+        """The executions that meet every filter given (None: not filtered), as the lists of
+        the API and of the dashboard filter them."""
+        lookups = {
+            "status": status,
+            "agent_id": agent_id,
+            "version_id": version_id,
+            "batch_id": batch_id,
+            "created_at__gte": created_after,
+            "created_at__lt": created_before,
+        }
+        return self.filter(**{lookup: value for lookup, value in lookups.items() if value})
+
 
 class Execution(models.Model):
     """One run of an agent version.
@@ -270,99 +292,3 @@ class Checkpoint(models.Model):
 
     def __str__(self) -> str:
         return self.label or f"checkpoint {self.seq}"
-
-
-class Webhook(models.Model):
-    """A URL told about the owner's events (`events` names them, `*` for all)."""
-
-    OWNER_FIELD = "user"
-
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhooks"
-    )
-    url = models.URLField(max_length=2000)
-    events = models.JSONField(default=list)
-    description = models.CharField(max_length=200, blank=True)
-    secret = models.CharField(max_length=100)
-    is_active = models.BooleanField(default=True)
-    created_at = models.DateTimeField(default=timezone.now)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    objects = OwnedQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["-created_at"]
-
-    def __str__(self) -> str:
-        return self.url
-
-    def wants(self, event: str) -> bool:
-        return self.is_active and ("*" in self.events or event in self.events)
-
-
-class DeliveryStatus(models.TextChoices):
-    PENDING = "pending"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
-class WebhookDelivery(models.Model):
-    """One event sent to one webhook, with the log of every attempt."""
-
-    OWNER_FIELD = "webhook__user"
-
-    id = models.CharField(primary_key=True, max_length=40, editable=False)
-    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
-    event = models.CharField(max_length=64)
-    payload = models.JSONField()
-    status = models.CharField(
-        max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING
-    )
-    attempts = models.PositiveSmallIntegerField(default=0)
-    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
-    error = models.TextField(blank=True)
-    duration_ms = models.PositiveIntegerField(null=True, blank=True)
-    log = models.JSONField(default=list, blank=True)
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    delivered_at = models.DateTimeField(null=True, blank=True)
-
-    objects = OwnedQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["-created_at"]
-        verbose_name_plural = "webhook deliveries"
-
-    def __str__(self) -> str:
-        return f"{self.id} {self.event} ({self.status})"
-
-    def record_attempt(
-        self, *, status_code: int | None, duration_ms: int, error: str, final: bool
-    ) -> None:
-        """Log one attempt; the delivery succeeds on a 2xx, fails when `final` and not 2xx."""
-        succeeded = status_code is not None and 200 <= status_code < 300
-        self.attempts += 1
-        self.response_status = status_code
-        self.duration_ms = duration_ms
-        self.error = error
-        self.log = [
-            *self.log,
-            {
-                "attempt": self.attempts,
-                "at": timezone.now().isoformat(),
-                "status_code": status_code,
-                "duration_ms": duration_ms,
-                "error": error,
-            },
-        ]
-        if succeeded:
-            self.status = DeliveryStatus.SUCCEEDED
-            self.delivered_at = timezone.now()
-        elif final:
-            self.status = DeliveryStatus.FAILED
-        self.save()
-
-    def reset(self) -> None:
-        """Back to pending for a redelivery (its log is kept)."""
-        self.status = DeliveryStatus.PENDING
-        self.save(update_fields=["status"])

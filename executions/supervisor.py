@@ -17,17 +17,20 @@ import time
 
 from django.conf import settings
 
-from agents.services import environment_of
-from executions import services
+from agents.builds import environment_of
+from core.sandbox_settings import sandbox_config
 from executions.choices import Control, ErrorType, ExecutionStatus
+from executions.control import RunControl
+from executions.events import record_events
 from executions.models import Execution
+from executions.outcomes import finish
+from sandbox import get_backend, limits_for
 
 logger = logging.getLogger(__name__)
 
 DELTA = "content_delta"
 FLUSH_SECONDS = 0.05
 FLUSH_SIZE = 64
-STOP = "stop"  # not a user's control: wakes the control thread when the run has ended
 
 OUTCOME_STATUS = {
     "completed": ExecutionStatus.COMPLETED,
@@ -50,7 +53,6 @@ class EventBuffer:
         self.pending: list[tuple[str, dict]] = []
         self.lock = threading.Lock()
         self.first_pending_at = 0.0
-        self.count = 0
 
     def add(self, kind: str, data: dict) -> None:
         with self.lock:
@@ -77,8 +79,7 @@ class EventBuffer:
     def _write(self) -> None:
         if self.pending:
             items, self.pending = self.pending, []
-            services.record_events(self.execution_id, items)
-            self.count += len(items)
+            record_events(self.execution_id, items)
 
 
 class Supervisor:
@@ -87,7 +88,6 @@ class Supervisor:
         self.buffer = EventBuffer(execution_id)
         self.run = None
         self.stop = threading.Event()
-        self.cancelled = False
         self.paused_too_long = False
         self.paused_since: float | None = None
 
@@ -112,7 +112,7 @@ class Supervisor:
             self.run = self._start(execution)
         except Exception as exc:  # the sandbox could not start: not the agent's fault
             logger.exception("sandbox did not start for execution %s", execution.pk)
-            services.finish(
+            finish(
                 execution,
                 ExecutionStatus.FAILED,
                 reason=f"The sandbox could not start the run: {exc}",
@@ -133,18 +133,20 @@ class Supervisor:
             raise
         finally:
             self.stop.set()
-            self._wake_control()
+            controls = RunControl(self.execution_id)
+            controls.wake()
             control.join()
             self.buffer.flush()
-            self._forget_controls()
+            controls.forget()
         return self._record_outcome(execution, outcome)
 
     def _start(self, execution: Execution):
-        from sandbox import get_backend, limits_for
-
         version = execution.version
-        backend = get_backend(version.sandbox_backend or None)
-        limits = limits_for(version.manifest, timeout_seconds=execution.timeout_seconds)
+        config = sandbox_config()
+        backend = get_backend(version.sandbox_backend or None, config=config)
+        limits = limits_for(
+            version.manifest, timeout_seconds=execution.timeout_seconds, config=config
+        )
         return backend.start(
             environment_of(version),
             version.entrypoint,
@@ -168,7 +170,7 @@ class Supervisor:
             reason = reason or f"ran longer than {execution.timeout_seconds} s"
         elif status == ExecutionStatus.FAILED and not error_type:
             error_type = ErrorType.SANDBOX_ERROR
-        services.finish(
+        finish(
             execution,
             status,
             reason=reason,
@@ -183,18 +185,15 @@ class Supervisor:
     # --- the control thread -------------------------------------------------------------------
 
     def _control_loop(self) -> None:
-        import django_rq
-
-        connection = django_rq.get_connection("runs")
-        key = services.CONTROL_KEY.format(self.execution_id)
+        controls = RunControl(self.execution_id)
         lease = settings.AIMOS_RUN_LEASE_SECONDS
         renew_every = max(1.0, lease / 3)
         renewed = time.monotonic()
         try:
             while not self.stop.is_set():
-                message = connection.blpop([key], timeout=0.1)
+                message = controls.receive(timeout=0.1)
                 if message:
-                    self._apply(message[1].decode())
+                    self._apply(message)
                 self.buffer.flush_if_due()
                 if time.monotonic() - renewed >= renew_every:
                     Execution.renew_lease(self.execution_id, lease_seconds=lease)
@@ -210,11 +209,10 @@ class Supervisor:
             logger.exception("control of execution %s failed; killing the run", self.execution_id)
             self.run.kill()
         finally:
-            connection.close()
+            controls.close()
 
     def _apply(self, control: str) -> None:
         if control == Control.CANCEL:
-            self.cancelled = True
             self.run.kill()
         elif control == Control.PAUSE and self.paused_since is None:
             self.buffer.flush()
@@ -229,18 +227,3 @@ class Supervisor:
             if Execution.mark_resumed(self.execution_id):
                 self.paused_since = None
                 self.buffer.add("run_resumed", {})
-
-    def _wake_control(self) -> None:
-        """Unblock the control thread's wait at once (it then sees `stop`)."""
-        import django_rq
-
-        django_rq.get_connection("runs").rpush(services.CONTROL_KEY.format(self.execution_id), STOP)
-
-    def _forget_controls(self) -> None:
-        import django_rq
-
-        django_rq.get_connection("runs").delete(services.CONTROL_KEY.format(self.execution_id))
-
-
-def run_execution(execution_id) -> str | None:
-    return Supervisor(execution_id).execute()

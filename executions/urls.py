@@ -1,13 +1,12 @@
 """Executions routes, included by `aimos.api_urls` (so served under /api/v1/ and /api/)."""
 
 from core.routers import OptionalSlashRouter, route
-from executions import api, webhook_api
+from executions import api
 
 router = OptionalSlashRouter()
 router.register("executions", api.ExecutionViewSet, basename="execution")
 router.register("checkpoints", api.CheckpointViewSet, basename="checkpoint")
 router.register("batches", api.BatchViewSet, basename="batch")
-router.register("webhooks", webhook_api.WebhookViewSet, basename="webhook")
 
 urlpatterns = [
     route(

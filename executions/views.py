@@ -1,6 +1,5 @@
 """Dashboard pages of executions: the list, one run followed live, its controls (pause,
-resume, cancel), new runs from its checkpoints (restore, fork); and webhooks with their
-deliveries."""
+resume, cancel), new runs from its checkpoints (restore, fork)."""
 
 from __future__ import annotations
 
@@ -10,29 +9,27 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db.models import Count, Q
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from agents.choices import VersionStatus
 from agents.models import Agent
-from core.errors import Conflict, ServiceError
-from core.pages import add_to_form, error_text, found, outcome, parse_json
-from executions import services, webhooks
-from executions.choices import ExecutionStatus
-from executions.models import DeliveryStatus, Execution, Webhook
+from core.errors import ServiceError
+from core.pages import error_text, found, outcome, parse_json
+from executions import control, services
+from executions.choices import TERMINAL_EVENTS, ExecutionStatus
+from executions.models import Execution
 
 PAGE_SIZE = 25
 # The page renders this many events; a longer log is followed from its end (the API has all).
 TRANSCRIPT_LIMIT = 5000
 
 FINISHED = {
-    "run_completed": "Completed",
-    "run_failed": "Failed",
-    "run_cancelled": "Cancelled",
-    "run_timed_out": "Timed out",
+    TERMINAL_EVENTS[ExecutionStatus.COMPLETED]: "Completed",
+    TERMINAL_EVENTS[ExecutionStatus.FAILED]: "Failed",
+    TERMINAL_EVENTS[ExecutionStatus.CANCELLED]: "Cancelled",
+    TERMINAL_EVENTS[ExecutionStatus.TIMED_OUT]: "Timed out",
 }
 
 
@@ -78,13 +75,12 @@ def execution_list(request):
     )
     status = request.GET.get("status", "")
     agent_id = request.GET.get("agent", "")
-    if status in ExecutionStatus.values:
-        executions = executions.filter(status=status)
-    agents = Agent.objects.for_user(request.user).order_by("name").only("id", "name")
-    if _is_uuid(agent_id):  # another user's agent: the scoped list just has none of its runs
-        executions = executions.filter(agent_id=agent_id)
-    else:
+    if not _is_uuid(agent_id):  # another user's agent: the scoped list just has none of its runs
         agent_id = ""
+    executions = executions.matching(
+        status=status if status in ExecutionStatus.values else None, agent_id=agent_id
+    )
+    agents = Agent.objects.for_user(request.user).order_by("name").only("id", "name")
     page = Paginator(executions, PAGE_SIZE).get_page(request.GET.get("page"))
     query = "&".join(
         f"{name}={value}" for name, value in (("status", status), ("agent", agent_id)) if value
@@ -187,19 +183,19 @@ def _control(request, execution_id, action, done: str):
 @require_POST
 @login_required
 def execution_pause(request, execution_id):
-    return _control(request, execution_id, services.pause_execution, ExecutionStatus.PAUSED)
+    return _control(request, execution_id, control.pause_execution, ExecutionStatus.PAUSED)
 
 
 @require_POST
 @login_required
 def execution_resume(request, execution_id):
-    return _control(request, execution_id, services.resume_execution, ExecutionStatus.RUNNING)
+    return _control(request, execution_id, control.resume_execution, ExecutionStatus.RUNNING)
 
 
 @require_POST
 @login_required
 def execution_cancel(request, execution_id):
-    return _control(request, execution_id, services.cancel_execution, ExecutionStatus.CANCELLED)
+    return _control(request, execution_id, control.cancel_execution, ExecutionStatus.CANCELLED)
 
 
 def _from_checkpoint(request, checkpoint_id, *, fork: bool):
@@ -232,106 +228,3 @@ def checkpoint_restore(request, checkpoint_id):
 @login_required
 def checkpoint_fork(request, checkpoint_id):
     return _from_checkpoint(request, checkpoint_id, fork=True)
-
-
-# --- Webhooks ------------------------------------------------------------------------------------
-
-# Where a new webhook's signing secret waits for the page that shows it, once.
-NEW_SECRET_SESSION = "executions:new-webhook-secret"
-
-
-class WebhookForm(forms.Form):
-    url = forms.URLField(
-        label="URL",
-        max_length=2000,
-        assume_scheme="https",
-        widget=forms.URLInput(attrs={"placeholder": "https://example.com/hooks/aimos"}),
-        help_text="Must resolve to a public address.",
-    )
-    events = forms.MultipleChoiceField(
-        choices=[("*", "Every event")] + [(name, name) for name in webhooks.EVENTS],
-        widget=forms.CheckboxSelectMultiple,
-        initial=["*"],
-    )
-    description = forms.CharField(required=False, max_length=200)
-
-
-@login_required
-def webhook_list(request):
-    """The user's webhooks, and the form that adds one (its secret is shown once)."""
-    form = WebhookForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        try:
-            webhook = webhooks.create_webhook(
-                request.user,
-                url=form.cleaned_data["url"],
-                events=form.cleaned_data["events"],
-                description=form.cleaned_data["description"],
-            )
-        except ServiceError as exc:
-            add_to_form(form, exc)
-        else:
-            request.session[NEW_SECRET_SESSION] = {"id": str(webhook.pk), "secret": webhook.secret}
-            messages.success(request, "Webhook added. Copy its signing secret now.")
-            return redirect("webhook-detail", webhook_id=webhook.pk)
-    hooks = (
-        Webhook.objects.for_user(request.user)
-        .annotate(
-            delivery_count=Count("deliveries"),
-            failed_count=Count("deliveries", filter=Q(deliveries__status=DeliveryStatus.FAILED)),
-        )
-        .order_by("-created_at")
-    )
-    return render(
-        request,
-        "executions/webhook_list.html",
-        {"form": form, "webhooks": hooks},
-        status=400 if form.errors else 200,
-    )
-
-
-@never_cache
-@login_required
-def webhook_detail(request, webhook_id):
-    webhook = found(webhooks.access_webhook, request.user, webhook_id)
-    secret = request.session.get(NEW_SECRET_SESSION)
-    if secret and secret["id"] == str(webhook.pk):
-        request.session.pop(NEW_SECRET_SESSION)
-    else:
-        secret = None
-    deliveries = Paginator(webhook.deliveries.order_by("-created_at"), PAGE_SIZE)
-    return render(
-        request,
-        "executions/webhook_detail.html",
-        {
-            "webhook": webhook,
-            "secret": secret,
-            "page": deliveries.get_page(request.GET.get("page")),
-        },
-    )
-
-
-@require_POST
-@login_required
-def webhook_toggle(request, webhook_id):
-    """Pause the webhook's deliveries, or start them again."""
-    webhook = found(webhooks.access_webhook, request.user, webhook_id)
-    to = reverse("webhook-detail", args=[webhook.pk])
-    try:
-        webhooks.update_webhook(webhook, is_active=not webhook.is_active)
-    except ServiceError as exc:
-        return outcome(request, to, error=exc)
-    state = "enabled" if webhook.is_active else "disabled: no event is sent to it"
-    return outcome(request, to, ok=f"Webhook {state}.")
-
-
-@require_POST
-@login_required
-def delivery_redeliver(request, webhook_id, delivery_id):
-    webhook = found(webhooks.access_webhook, request.user, webhook_id)
-    delivery = found(webhooks.access_delivery, webhook, delivery_id)
-    to = reverse("webhook-detail", args=[webhook.pk])
-    if delivery.status == DeliveryStatus.PENDING:
-        return outcome(request, to, error=Conflict("This delivery is still being attempted."))
-    webhooks.redeliver(delivery)
-    return outcome(request, to, ok=f"{delivery.event} queued to be sent again.")

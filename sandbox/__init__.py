@@ -1,6 +1,8 @@
 """Where agent code runs: backends (process, docker), the in-sandbox runner, limits.
 
-Entry points: `get_backend()` and `limits_for()`; the interface is in `sandbox.base`.
+Plain Python: nothing here imports Django. Entry points: `get_backend(config=...)` and
+`limits_for(manifest, config=...)`, given the server's settings as a `SandboxConfig`
+(`core.sandbox_settings.sandbox_config()` reads them); the interface is in `sandbox.base`.
 """
 
 from sandbox.backends import get_backend

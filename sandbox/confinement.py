@@ -429,12 +429,12 @@ class UidLease:
         os.close(self.fd)
 
 
-def uid_range_problem(base: int, slots: int = UID_SLOTS, etc: Path = Path("/etc")) -> str | None:
-    """Why the uids base .. base + slots - 1 may not be ours alone, or None: a uid or gid of
+def uid_range_problem(base: int, etc: Path = Path("/etc")) -> str | None:
+    """Why the uids base .. base + UID_SLOTS - 1 may not be ours alone, or None: a uid or gid of
     `etc`/passwd, a gid of `etc`/group, or a subordinate range of `etc`/subuid or subgid
     (`name:start:count`, handed to user namespaces) inside it. A run's files and processes
     would be that user's, and the user's processes would be killed as leftovers of a run."""
-    last = base + slots - 1
+    last = base + UID_SLOTS - 1
     ours = f"the sandbox's uid range {base}-{last}"
     fix = "set AIMOS_SANDBOX_UID_BASE to a free range"
     if base < 1 or last > UID_MAX:

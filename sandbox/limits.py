@@ -1,16 +1,18 @@
-"""Limits of a run: what the manifest asks for, capped by the server's maxima."""
+"""Limits of a run: what the manifest asks for, capped by the server's maxima.
+
+The defaults of a run are `Limits`' own field defaults (`DEFAULTS`); `INSPECT_LIMITS` are
+those of importing an entrypoint (both backends).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sandbox.backends import SandboxConfig, sandbox_config
 from sandbox.base import Limits
+from sandbox.config import SandboxConfig
 
-DEFAULT_TIMEOUT_SECONDS = 30.0
-DEFAULT_MEMORY_MB = 256
-DEFAULT_CPUS = 0.5
-DEFAULT_PIDS = 64
+DEFAULTS = Limits()
+INSPECT_LIMITS = Limits(timeout_seconds=60, memory_mb=512, pids=64)
 
 
 def _number(value: Any, default: float, name: str) -> float:
@@ -25,27 +27,26 @@ def limits_for(
     manifest: dict[str, Any],
     *,
     timeout_seconds: float | None = None,
-    config: SandboxConfig | None = None,
+    config: SandboxConfig,
 ) -> Limits:
     """The `Limits` of a run of a version with this manifest.
 
     `timeout_seconds` (asked by the caller of one execution) wins over the manifest's
-    `timeout`; every value is capped by the server's AIMOS_MAX_* settings; network is on
-    only when the manifest asks for it and AIMOS_SANDBOX_ALLOW_NETWORK allows it.
+    `timeout`; every value is capped by the server's maxima (`config`, the AIMOS_MAX_*
+    settings); network is on only when the manifest asks for it and the server allows it.
     Raises ValueError for a value that is not a positive number.
     """
-    config = config or sandbox_config()
     resources = manifest.get("resources") or {}
     if not isinstance(resources, dict):
         raise ValueError("resources must be a mapping")
     timeout = _number(
         timeout_seconds if timeout_seconds is not None else manifest.get("timeout"),
-        DEFAULT_TIMEOUT_SECONDS,
+        DEFAULTS.timeout_seconds,
         "timeout",
     )
-    memory = _number(resources.get("memory_mb"), DEFAULT_MEMORY_MB, "resources.memory_mb")
-    cpus = _number(resources.get("cpus"), DEFAULT_CPUS, "resources.cpus")
-    pids = _number(resources.get("pids"), DEFAULT_PIDS, "resources.pids")
+    memory = _number(resources.get("memory_mb"), DEFAULTS.memory_mb, "resources.memory_mb")
+    cpus = _number(resources.get("cpus"), DEFAULTS.cpus, "resources.cpus")
+    pids = _number(resources.get("pids"), DEFAULTS.pids, "resources.pids")
     return Limits(
         timeout_seconds=float(min(timeout, config.max_timeout_seconds)),
         memory_mb=int(min(memory, config.max_memory_mb)),

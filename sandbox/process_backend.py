@@ -6,7 +6,9 @@ venv at /env and code at /code; one size-capped tmpfs /workspace holding /tmp; a
 filter; --clearenv) → `prlimit` (memory, processes, file size, open files, CPU seconds, no
 core dumps) → `setpriv` (a dedicated unprivileged uid per run, no capabilities, NoNewPrivs)
 → the version's Python running `runner.py` (behind `netbridge.py` when the sandbox may reach
-the network through the egress proxy: builds, and runs allowed the network).
+the network through the egress proxy: builds, and runs allowed the network). That command
+line is built from plain values by `sandbox.process_command.SandboxCommand`; this module makes
+what it names (run directory, uid lease, cgroups, proxy, seccomp fd) and starts it.
 
 Every process of a run is found through its cgroup or its dedicated uid (`confinement`).
 The PID namespace dies with its init, so a run's daemons die with the run; the launcher dies
@@ -21,7 +23,6 @@ set: then agents run as plain processes with rlimits only, and a loud warning is
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import secrets
@@ -61,13 +62,14 @@ from sandbox.confinement import (
     hold_lock,
     uid_range_problem,
 )
-from sandbox.egress import PROXY_PORT, SOCKET_NAME, EgressPolicy, EgressProxy, proxy_environment
+from sandbox.egress import SOCKET_NAME, EgressPolicy, EgressProxy
+from sandbox.limits import INSPECT_LIMITS
+from sandbox.process_command import SandboxCommand, namespace_args, system_links
 from sandbox.protocol import RUNNER_PATH, StreamRun, inspection_from, run_request
 from sandbox.requirements import BuildRules, check_source_builds, requirements_file, tree_size
 
 logger = logging.getLogger("aimos.sandbox")
 
-INSPECT_LIMITS = Limits(timeout_seconds=60, memory_mb=512, pids=64)
 BUILD_LIMITS = Limits(
     timeout_seconds=900,
     memory_mb=2048,
@@ -77,32 +79,7 @@ BUILD_LIMITS = Limits(
     max_open_files=1024,
     workspace_mb=1024,
 )
-NETBRIDGE_PATH = Path(__file__).with_name("netbridge.py")
-WORKSPACE = "/workspace"
-TMP = f"{WORKSPACE}/.tmp"  # /tmp is a link here, so both share the workspace's cap
-SHM_MB = 16
 BUILD_SIZE_EVERY_S = 0.5
-# Read-only pieces of /etc a Python program may need (names, DNS, TLS roots, time zone).
-ETC_FILES = (
-    "ld.so.cache",
-    "ld.so.conf",
-    "ld.so.conf.d",
-    "alternatives",
-    "resolv.conf",
-    "hosts",
-    "host.conf",
-    "gai.conf",
-    "nsswitch.conf",
-    "services",
-    "protocols",
-    "localtime",
-    "ssl",
-    "ca-certificates",
-    "ca-certificates.conf",
-    "mime.types",
-    "os-release",
-    "debian_version",
-)
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -275,11 +252,11 @@ class ProcessBackend(Backend):
             probe = subprocess.run(
                 [
                     self.tools["bwrap"],
-                    *self._namespace_args(),
+                    *namespace_args(),
                     "--ro-bind",
                     "/usr",
                     "/usr",
-                    *self._system_links(),
+                    *system_links(),
                     "--proc",
                     "/proc",
                     "--dev",
@@ -585,53 +562,35 @@ class ProcessBackend(Backend):
             _write_identity(run_dir, lease.uid if lease else os.getuid())
             if cgroups is not None:
                 cgroups.create(limits, helpers=2 if isolated else 0)
-            variables = {
-                "PATH": f"{'/env' if isolated else venv}/bin:/usr/local/bin:/usr/bin:/bin",
-                "HOME": "/workspace" if isolated else str(workspace),
-                "TMPDIR": "/tmp" if isolated else str(workspace),
-                "LANG": "C.UTF-8",
-                "PYTHONDONTWRITEBYTECODE": "1",
-            }
-            command = _prlimit_args(self.tools["prlimit"], limits, per_uid=lease is not None)
-            if lease is not None:
-                command += [self.tools["setpriv"], f"--reuid={lease.uid}", f"--regid={lease.uid}",
-                            "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
-                            "--no-new-privs", "--"]  # fmt: skip
             if isolated and egress is not None:
                 (run_dir / "net").mkdir(mode=0o755)
                 proxy = EgressProxy(run_dir / "net" / SOCKET_NAME, egress, on_refusal=on_refusal)
                 proxy.start()
-                variables.update(proxy_environment())
-                argv = [argv[0], "-I", "-S", "/aimos/netbridge.py", f"/aimos/net/{SOCKET_NAME}",
-                        str(PROXY_PORT), "--", *argv]  # fmt: skip
-            command += argv
             if isolated:
                 program = seccomp.program_fd()
-                bwrap = self._bwrap_args(
-                    venv, code, run_dir, limits, variables, writable_env, egress=proxy is not None,
-                    seccomp_fd=program,
-                )  # fmt: skip
-                command = [*bwrap, "--", *command]
-            else:
-                command = [self.tools["env"], "-i", *(f"{k}={v}" for k, v in variables.items()),
-                           *command]  # fmt: skip
-            if not isolated and "setpriv" in self.tools:
-                # A crashed worker takes its runs along (bwrap's --die-with-parent does it
-                # for isolated runs).
-                command = [self.tools["setpriv"], "--pdeathsig", "KILL", "--", *command]
-            launcher_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-            if cgroups is not None:
-                # The shell joins the cgroups, then becomes the sandbox: nothing forks outside.
-                launcher_env["AIMOS_CGROUP_PROCS"] = " ".join(cgroups.procs_files)
-                join = 'for f in $AIMOS_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done'
-                command = [self.tools["sh"], "-c", join + '; exec "$@"', "sh", *command]
+            command = SandboxCommand(
+                tools=self.tools,
+                program=tuple(argv),
+                limits=limits,
+                venv=venv,
+                code=code,
+                run_dir=run_dir,
+                isolated=isolated,
+                uid=lease.uid if lease is not None else None,
+                writable_env=writable_env,
+                egress=proxy is not None,
+                seccomp_fd=program,
+                cgroup_procs=tuple(cgroups.procs_files) if cgroups is not None else None,
+                python_prefix=self.python_prefix,
+                system_links=system_links() if isolated else (),
+            )
             proc = SPAWNER.popen(
-                command,
+                command.argv(),
                 stdin=stdin,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
-                env=launcher_env,
-                cwd=str(code if not isolated else run_dir),
+                env=command.launcher_env(),
+                cwd=str(command.cwd()),
                 start_new_session=True,
                 close_fds=True,
                 pass_fds=() if program is None else (program,),
@@ -657,74 +616,6 @@ class ProcessBackend(Backend):
             limits, proc, members, lease=lease, run_dir=run_dir, run_lock=run_lock, proxy=proxy
         )
 
-    # -- bwrap --
-
-    @staticmethod
-    def _namespace_args() -> list[str]:
-        """Namespaces of every sandbox; the network one always (never the host's network, nor
-        its abstract Unix sockets, which belong to the network namespace)."""
-        return ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-                "--unshare-net", "--die-with-parent", "--new-session"]  # fmt: skip
-
-    @staticmethod
-    def _system_links() -> list[str]:
-        """/bin, /lib, /lib64, /sbin as on the host (merged-/usr symlinks or read-only binds)."""
-        args: list[str] = []
-        for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-            path = Path("/") / name
-            if path.is_symlink():
-                args += ["--symlink", os.readlink(path), str(path)]
-            elif path.is_dir():
-                args += ["--ro-bind", str(path), str(path)]
-        return args
-
-    def _bwrap_args(
-        self,
-        venv: Path,
-        code: Path,
-        run_dir: Path,
-        limits: Limits,
-        variables: dict[str, str],
-        writable_env: bool,
-        *,
-        egress: bool = False,
-        seccomp_fd: int,
-    ) -> list[str]:
-        """`seccomp_fd`: the filter's BPF program (`seccomp.program_fd()`), inherited by bwrap,
-        which loads it just before it runs the command."""
-        args = [self.tools["bwrap"], *self._namespace_args()]
-        args += ["--seccomp", str(seccomp_fd)]
-        args += ["--hostname", "aimos"]
-        args += ["--ro-bind", "/usr", "/usr", *self._system_links()]
-        args += ["--perms", "0755", "--dir", "/etc"]
-        for name in ETC_FILES:
-            args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-        args += ["--ro-bind", str(run_dir / "passwd"), "/etc/passwd"]
-        args += ["--ro-bind", str(run_dir / "group"), "/etc/group"]
-        prefix = self.python_prefix
-        if not prefix.is_relative_to("/usr"):
-            # Its parents (e.g. /root) are created world-traversable, unlike on the host.
-            for parent in reversed(prefix.parents[:-1]):
-                args += ["--perms", "0755", "--dir", str(parent)]
-            args += ["--ro-bind", str(prefix), str(prefix)]
-        args += ["--bind" if writable_env else "--ro-bind", str(venv), "/env"]
-        args += ["--ro-bind", str(code), "/code"]
-        args += ["--perms", "0755", "--dir", "/aimos"]
-        args += ["--ro-bind", str(RUNNER_PATH), "/aimos/runner.py"]
-        if egress:
-            args += ["--ro-bind", str(NETBRIDGE_PATH), "/aimos/netbridge.py"]
-            args += ["--ro-bind", str(run_dir / "net"), "/aimos/net"]
-        args += ["--proc", "/proc", "--dev", "/dev"]
-        # One filesystem, capped, for everything a run writes: the workspace, and /tmp in it.
-        args += ["--perms", "1777", "--size", str(limits.workspace_mb * MB), "--tmpfs", WORKSPACE]
-        args += ["--perms", "1777", "--dir", TMP, "--symlink", TMP, "/tmp"]
-        shm_mb = min(SHM_MB, limits.workspace_mb)
-        args += ["--perms", "1777", "--size", str(shm_mb * MB), "--tmpfs", "/dev/shm"]
-        args += ["--remount-ro", "/", "--chdir", "/code", "--clearenv"]
-        for name, value in variables.items():
-            args += ["--setenv", name, value]
-        return args
-
 
 # --- helpers ---------------------------------------------------------------------------------
 
@@ -737,23 +628,6 @@ def _feed(proc: subprocess.Popen, request: bytes) -> None:
         proc.stdin.close()
     except (BrokenPipeError, OSError, ValueError):
         pass
-
-
-def _prlimit_args(prlimit: str, limits: Limits, *, per_uid: bool) -> list[str]:
-    """rlimits of every process of the run. RLIMIT_NPROC counts per real uid, so it is set
-    only when the run has a uid of its own."""
-    cpu = math.ceil(limits.timeout_seconds * max(1.0, limits.cpus)) + 1
-    args = [
-        prlimit,
-        f"--data={limits.memory_mb * MB}",
-        f"--fsize={limits.max_file_mb * MB}",
-        f"--nofile={limits.max_open_files}",
-        f"--cpu={cpu}:{cpu + 2}",
-        "--core=0",
-    ]
-    if per_uid:
-        args.append(f"--nproc={limits.pids}")
-    return args + ["--"]
 
 
 def _write_identity(run_dir: Path, uid: int) -> None:

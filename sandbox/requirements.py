@@ -94,7 +94,7 @@ def check_source_builds(code: Path, requirements: str, rules: BuildRules) -> Non
         return
     code = Path(code).resolve()
     for file, number, line in _requirement_lines(code, code / requirements, set()):
-        why = _source_only(code, file.parent, line)
+        why = _source_only(file.parent, line)
         if why is not None:
             where = f"{file.relative_to(code).as_posix()}, line {number}"
             raise BuildError(
@@ -122,7 +122,7 @@ def _requirement_lines(code: Path, file: Path, seen: set[Path]):
         yield file, number, line
 
 
-def _source_only(code: Path, folder: Path, line: str) -> str | None:
+def _source_only(folder: Path, line: str) -> str | None:
     """Why this requirement line can only be built from source, or None."""
     if line.startswith(("-e", "--editable")):
         return "is an editable install"

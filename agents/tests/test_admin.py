@@ -73,3 +73,27 @@ def test_admin_archive_action_and_filters(admin_client, owner):
     assert "probe" in listing.content.decode()
     assert admin_client.get(f"/admin/agents/agent/{agent.pk}/change/").status_code == 200
     assert admin_client.get("/admin/agents/agentlog/").status_code == 200
+
+
+def change_agent(client, agent, **fields):
+    """Post the admin's change form of `agent` (with its versions inline, empty)."""
+    data = {"owner": agent.owner_id, "name": agent.name, "description": "", "role": ""}
+    data |= {"tags": "[]", "versions-TOTAL_FORMS": "0", "versions-INITIAL_FORMS": "0"}
+    return client.post(f"/admin/agents/agent/{agent.pk}/change/", data | fields)
+
+
+def test_admin_refuses_an_agent_name_the_api_would_refuse(admin_client, owner):
+    agent = services.create_agent(owner, name="echo")
+    response = change_agent(admin_client, agent, name="Not A Slug")
+    assert response.status_code == 200
+    assert "Use 1-64 lowercase letters" in response.content.decode()
+    agent.refresh_from_db()
+    assert agent.name == "echo"
+
+
+def test_admin_stores_tags_the_way_the_api_does(admin_client, owner):
+    agent = services.create_agent(owner, name="echo")
+    response = change_agent(admin_client, agent, tags='[" NLP", "nlp", "demo"]')
+    assert response.status_code == 302, response.content.decode()[:2000]
+    agent.refresh_from_db()
+    assert agent.tags == ["nlp", "demo"]

@@ -69,7 +69,8 @@ def test_list_shows_own_agents_with_status_and_filters(page, owner, other, agent
 @BUILDS
 def test_list_shows_the_success_rate(page, owner, drain_queues):
     agent = deploy(owner, "echo", drain_queues)
-    from executions.services import finish, start_execution
+    from executions.outcomes import finish
+    from executions.services import start_execution
 
     for status in ("completed", "completed", "completed", "failed"):
         execution = start_execution(owner, agent, input={}, enqueue=False)

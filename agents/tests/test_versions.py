@@ -10,7 +10,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from agents import services
+from agents import builds, services
 from agents.models import Agent, AgentVersion
 from agents.tests.packages import agent_files, example_files, pack_files, wheel
 
@@ -249,7 +249,7 @@ def test_a_build_whose_worker_died_ends_failed(owner_api, agent):
     AgentVersion.objects.filter(pk=version.pk).update(
         build_started_at=timezone.now() - timedelta(seconds=settings.AIMOS_BUILD_TIMEOUT + 120)
     )
-    assert services.fail_stale_builds() == 1
+    assert builds.fail_stale_builds() == 1
     version.refresh_from_db()
     assert version.status == "failed"
     assert "did not finish in time" in version.build_log

@@ -23,6 +23,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer, PickleSerializer
 
+from agents import builds as agent_builds
+from agents import jobs as agent_jobs
 from agents import services as agent_services
 from agents.choices import VersionStatus
 from agents.models import AgentVersion
@@ -31,7 +33,7 @@ from aimos import jobs as aimos_jobs
 from aimos import prometheus
 from aimos.health import check_redis
 from executions import services as execution_services
-from executions import webhooks
+from notifications import jobs as notification_jobs
 
 MANAGE = str(Path(settings.BASE_DIR) / "manage.py")
 PICKLE_PROTOCOL_OPCODE = b"\x80"
@@ -51,7 +53,7 @@ def job_hashes(connection) -> set[bytes]:
 
 ENQUEUES = {
     "build": (
-        lambda: agent_services.enqueue_build(uuid.uuid4()),
+        lambda: agent_jobs.enqueue_build(uuid.uuid4()),
         "agents.jobs.build_version",
     ),
     "run": (
@@ -63,8 +65,8 @@ ENQUEUES = {
         "executions.jobs.run_execution",
     ),
     "webhook delivery": (
-        lambda: webhooks.enqueue_delivery(f"msg_{uuid.uuid4().hex}"),
-        "executions.jobs.deliver_webhook",
+        lambda: notification_jobs.enqueue_delivery(f"msg_{uuid.uuid4().hex}"),
+        "notifications.jobs.deliver_webhook",
     ),
 }
 
@@ -113,7 +115,7 @@ def test_a_failed_build_job_is_failed_by_its_callback_from_the_json_arguments(
         AgentVersion.claim_build(version_id)
         raise RuntimeError("the worker went away")
 
-    monkeypatch.setattr(agent_services, "build_version", worker_dies_mid_build)
+    monkeypatch.setattr(agent_builds, "build_version", worker_dies_mid_build)
     version = agent_services.create_version(agent, archive)  # its build job is queued on commit
 
     drain_queues()

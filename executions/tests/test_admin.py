@@ -118,25 +118,3 @@ def test_the_pause_action_refuses_a_pending_run(admin_client, owner, counted):
     assert "Only a running execution can be paused" in response.content.decode()
     pending.refresh_from_db()
     assert pending.status == "pending"
-
-
-def test_webhook_admin_hides_the_secret_and_redelivers(admin_client, owner, settings, rq_queues):
-    from executions import webhooks
-    from executions.models import WebhookDelivery
-
-    settings.AIMOS_WEBHOOK_ALLOW_PRIVATE = True
-    hook = webhooks.create_webhook(owner, url="http://127.0.0.1:9/in", events=["*"])
-    delivery = WebhookDelivery.objects.create(
-        id="msg_admin", webhook=hook, event="agent.created", payload={}, status="failed"
-    )
-    page = admin_client.get(f"/admin/executions/webhook/{hook.pk}/change/")
-    assert page.status_code == 200
-    assert hook.secret not in page.content.decode()
-    response = admin_client.post(
-        "/admin/executions/webhookdelivery/",
-        {"action": "redeliver", "_selected_action": [delivery.pk]},
-    )
-    assert response.status_code == 302
-    delivery.refresh_from_db()
-    assert delivery.status == "pending"
-    assert rq_queues[2].count == 1

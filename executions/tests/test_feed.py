@@ -11,8 +11,9 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.db import connection
 
 from agents.services import create_agent
-from aimos import feed
-from executions import services
+from aimos.upkeep import current_metrics
+from executions import events as event_log
+from executions import outcomes, services
 from executions.models import Execution
 from executions.tests.live import Client, deploy, wait_for_status
 from executions.tests.wsclient import (
@@ -25,6 +26,7 @@ from executions.tests.wsclient import (
     receive,
     refusal,
 )
+from notifications import feed
 
 LIFECYCLE = {
     "agent_created",
@@ -100,8 +102,8 @@ def test_a_run_shows_in_the_feed_as_started_and_completed_not_as_its_events(owne
     def action():
         run = services.start_execution(owner, agent, input="x", enqueue=False)
         runs.append(run)
-        services.record_events(run.pk, [("run_started", {}), ("content_delta", {"content": "hi"})])
-        services.finish(run, "completed", output="hi", duration_ms=12)
+        event_log.record_events(run.pk, [("run_started", {}), ("content_delta", {"content": "hi"})])
+        outcomes.finish(run, "completed", output="hi", duration_ms=12)
 
     started, completed = _feed_while("/ws/events/", key_header(api_key_of(owner)), action, 2)
     run = runs[0]
@@ -149,7 +151,7 @@ def test_a_batch_reports_each_run_then_its_totals(owner, rq_queues):
             ["completed", "failed", "completed"],
             strict=True,
         ):
-            services.finish(run, status, duration_ms=7, error_type="exception")
+            outcomes.finish(run, status, duration_ms=7, error_type="exception")
 
     try:
         messages = _feed_while("/ws/events/", key_header(api_key_of(owner)), action, 5)
@@ -195,7 +197,7 @@ def test_runs_of_a_batch_ending_at_once_announce_the_batch_exactly_once(owner, r
     def end(run):
         try:
             gate.wait()
-            services.finish(run, "completed", duration_ms=1)
+            outcomes.finish(run, "completed", duration_ms=1)
         finally:
             connection.close()
 
@@ -225,8 +227,8 @@ def test_metrics_are_broadcast_to_every_feed_once_per_interval(owner, other, set
         mine = communicator("/ws/events/", key_header(await sync_to_async(api_key_of)(owner)))
         theirs = communicator("/ws/events/", key_header(await sync_to_async(api_key_of)(other)))
         assert (await mine.connect())[0] and (await theirs.connect())[0]
-        sent.append(await sync_to_async(feed.broadcast_metrics_if_due)())
-        sent.append(await sync_to_async(feed.broadcast_metrics_if_due)())
+        sent.append(await sync_to_async(feed.broadcast_metrics_if_due)(current_metrics))
+        sent.append(await sync_to_async(feed.broadcast_metrics_if_due)(current_metrics))
         messages = [await receive(mine), await receive(theirs)]
         await mine.disconnect()
         await theirs.disconnect()

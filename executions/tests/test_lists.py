@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from executions import services
+from executions import control, services
 from executions.models import Execution
 from executions.tests.runs import API, deploy
 
@@ -24,7 +24,7 @@ def history(owner, drain_queues) -> dict:
     drain_queues()
     between = timezone.now()
     pending = services.start_execution(owner, echo, input=2)
-    cancelled = services.cancel_execution(services.start_execution(owner, echo, input=3))
+    cancelled = control.cancel_execution(services.start_execution(owner, echo, input=3))
     batch = services.start_batch(owner, agent_ids=[tools.pk])
     return {
         "echo": echo,

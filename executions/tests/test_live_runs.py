@@ -4,8 +4,11 @@ pause, and a worker killed with SIGKILL in the middle of a run."""
 import os
 import signal
 import time
+from datetime import datetime, timedelta
 
 import pytest
+from django.conf import settings
+from django.utils import timezone
 
 from executions.models import Execution
 from executions.tests.live import (
@@ -116,7 +119,7 @@ def test_pause_freezes_the_run_and_resume_lets_it_finish(client):
     assert paused.status_code == 200, paused.text
     assert paused.json()["status"] == "paused"
     ticks = len(wait_for_events(client, run["id"], "content_delta", 1))
-    time.sleep(2.5)  # longer than the run's remaining time: paused time must not count
+    stay_paused_past_its_timeout(client, run["id"])
     assert len(wait_for_events(client, run["id"], "content_delta", 1)) == ticks
     assert client.post(f"/executions/{run['id']}/pause").status_code == 409
 
@@ -125,8 +128,26 @@ def test_pause_freezes_the_run_and_resume_lets_it_finish(client):
     assert resumed.json()["status"] == "running"
     finished = wait_for_status(client, run["id"], ["completed", "failed", "timed_out"])
     assert finished["status"] == "completed", finished
+    # The run lived longer than its timeout; its own clock counted only the time it ran.
+    lived = moment(finished["finished_at"]) - moment(finished["started_at"])
+    assert lived > timedelta(seconds=finished["timeout_seconds"])
+    assert finished["duration_ms"] < finished["timeout_seconds"] * 1000
     types = [event["type"] for event in client.get(f"/executions/{run['id']}/events").json()]
     assert types.index("run_paused") < types.index("run_resumed") < types.index("run_completed")
+
+
+def moment(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def stay_paused_past_its_timeout(client, run_id: str) -> None:
+    """Return once the paused run has existed longer than its timeout (by its `started_at`):
+    had paused time counted, it would be over."""
+    run = client.get(f"/executions/{run_id}").json()
+    over = moment(run["started_at"]) + timedelta(seconds=run["timeout_seconds"])
+    while timezone.now() <= over:
+        assert client.get(f"/executions/{run_id}").json()["status"] == "paused"
+        time.sleep(0.05)
 
 
 def test_a_run_paused_too_long_ends_timed_out(client):
@@ -138,6 +159,11 @@ def test_a_run_paused_too_long_ends_timed_out(client):
     assert finished["status"] == "timed_out"
     assert "paused longer" in finished["error_message"]
     assert sandbox_processes() == []
+    events = {e["type"]: e for e in client.get(f"/executions/{run['id']}/events").json()}
+    paused_for = moment(events["run_timed_out"]["timestamp"]) - moment(
+        events["run_paused"]["timestamp"]
+    )
+    assert paused_for >= timedelta(seconds=settings.AIMOS_MAX_PAUSE_SECONDS)
 
 
 def test_cancel_of_a_running_run_returns_when_every_process_is_gone(client):
@@ -164,11 +190,15 @@ def test_a_worker_killed_mid_run_leaves_the_run_lost_not_running(client, live):
     os.kill(holder, signal.SIGKILL)
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
+    # Nobody renews the lease any more: its last expiry stays until the run is ended.
+    lease_expired_at = Execution.objects.get(pk=run["id"]).lease_expires_at
 
-    started = time.monotonic()
     lost = wait_for_status(client, run["id"], ["failed"], timeout=30)
     assert lost["error_type"] == "lost"
-    assert time.monotonic() - started < 15  # the lease (3 s) plus the upkeep interval (1 s)
+    # Ended by the sweep once the lease had expired, within a few upkeep passes of it.
+    ended_at = moment(lost["finished_at"])
+    assert lease_expired_at <= ended_at
+    assert ended_at - lease_expired_at < timedelta(seconds=10 * settings.AIMOS_MAINTENANCE_INTERVAL)
     assert sandbox_processes() == []
     assert client.get(f"/executions/{run['id']}/events").json()[-1]["type"] == "run_failed"
     live.replace_dead_workers()

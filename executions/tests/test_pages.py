@@ -1,12 +1,12 @@
 """Dashboard pages of executions: the list with its filters and pages, the run's page and its
-transcript, the controls, restore and fork from a checkpoint, webhooks and their deliveries,
-and outsiders' 404s."""
+transcript, the controls, restore and fork from a checkpoint, and outsiders' 404s."""
 
 import pytest
 from django.urls import reverse
 
-from executions import services, webhooks
-from executions.models import Execution, Webhook, WebhookDelivery
+from executions import events as event_log
+from executions import outcomes, services
+from executions.models import Execution
 from executions.tests.runs import deploy
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -47,7 +47,7 @@ def test_list_filters_by_status_and_agent_and_pages(page, owner, other, echo, dr
     for _ in range(27):
         pending(owner, echo)
     done = pending(owner, story)
-    services.finish(done, "completed", from_states=["pending"])
+    outcomes.finish(done, "completed", from_states=["pending"])
     foreign = pending(other, deploy(other, "echo", drain_queues, name="theirs"))
 
     first = page.get(reverse("execution-list")).content.decode()
@@ -71,7 +71,7 @@ def test_list_filters_by_status_and_agent_and_pages(page, owner, other, echo, dr
 
 def test_execution_page_renders_the_run_as_it_is(page, owner, echo):
     execution = pending(owner, echo, input={"topic": "a heron"})
-    services.record_events(
+    event_log.record_events(
         execution.pk,
         [
             (
@@ -131,8 +131,8 @@ def test_a_refused_control_is_a_message_on_the_page(page, owner, echo):
 
 def checkpointed(owner, agent, state) -> tuple[Execution, str]:
     execution = pending(owner, agent, input={"to": 5})
-    services.record_events(execution.pk, [("checkpoint", {"label": "step 2", "state": state})])
-    services.finish(execution, "completed", from_states=["pending"], output={"count": 5})
+    event_log.record_events(execution.pk, [("checkpoint", {"label": "step 2", "state": state})])
+    outcomes.finish(execution, "completed", from_states=["pending"], output={"count": 5})
     return execution, str(execution.checkpoints.get().pk)
 
 
@@ -181,91 +181,3 @@ def test_an_admin_sees_everyones_runs(client, admin, owner, echo):
     execution = pending(owner, echo)
     client.force_login(admin)
     assert client.get(reverse("execution-detail", args=[execution.pk])).status_code == 200
-
-
-# --- Webhooks ------------------------------------------------------------------------------------
-
-HOOK = "http://127.0.0.1:9/hooks/aimos"  # nothing listens on the discard port: deliveries fail
-
-
-@pytest.fixture
-def local_hooks(settings, rq_queues):
-    """Webhooks may point at this host; the delivery jobs they queue are dropped afterwards."""
-    settings.AIMOS_WEBHOOK_ALLOW_PRIVATE = True
-    yield
-    for queue in rq_queues:
-        queue.empty()
-
-
-def test_a_new_webhook_shows_its_secret_once(page, owner, local_hooks):
-    response = page.post(
-        reverse("webhook-list"),
-        {"url": HOOK, "events": ["execution.completed", "build.failed"], "description": "CI"},
-    )
-    webhook = Webhook.objects.get(user=owner)
-    assert response["Location"] == reverse("webhook-detail", args=[webhook.pk])
-    assert webhook.events == ["build.failed", "execution.completed"]
-
-    first = page.get(response["Location"]).content.decode()
-    assert webhook.secret in first
-    assert "It is shown only this once." in first
-    assert webhook.secret not in page.get(response["Location"]).content.decode()
-    assert HOOK in page.get(reverse("webhook-list")).content.decode()
-
-
-def test_a_webhook_to_a_private_address_is_refused(page, owner, settings):
-    settings.AIMOS_WEBHOOK_ALLOW_PRIVATE = False
-    response = page.post(reverse("webhook-list"), {"url": HOOK, "events": ["*"]})
-    assert response.status_code == 400
-    assert "non-public address" in response.content.decode()
-    missing = page.post(reverse("webhook-list"), {"url": "https://example.com/x", "events": []})
-    assert missing.status_code == 400
-    assert not Webhook.objects.exists()
-
-
-def test_deliveries_are_listed_and_can_be_sent_again(page, owner, local_hooks):
-    webhook = webhooks.create_webhook(owner, url=HOOK, events=["*"])
-    webhooks.dispatch(owner.pk, "execution.completed", {"execution_id": "abc"})
-    delivery = WebhookDelivery.objects.get(webhook=webhook)
-    assert webhooks.deliver(delivery.pk) is False  # connection refused, final attempt
-
-    body = page.get(reverse("webhook-detail", args=[webhook.pk])).content.decode()
-    assert 'class="badge badge-failed"' in body
-    assert "ConnectionRefusedError" in body
-    assert "&quot;execution_id&quot;: &quot;abc&quot;" in body
-
-    url = reverse("delivery-redeliver", args=[webhook.pk, delivery.pk])
-    response = page.post(url, follow=True)
-    assert "execution.completed queued to be sent again." in response.content.decode()
-    delivery.refresh_from_db()
-    assert delivery.status == "pending"
-    again = page.post(url, follow=True)
-    assert "still being attempted" in again.content.decode()
-
-
-def test_a_webhook_can_be_disabled_and_enabled(page, owner, local_hooks):
-    webhook = webhooks.create_webhook(owner, url=HOOK, events=["*"])
-    page.post(reverse("webhook-toggle", args=[webhook.pk]))
-    webhook.refresh_from_db()
-    assert webhook.is_active is False
-    assert (
-        'class="badge badge-disabled"'
-        in page.get(reverse("webhook-detail", args=[webhook.pk])).content.decode()
-    )
-    page.post(reverse("webhook-toggle", args=[webhook.pk]))
-    webhook.refresh_from_db()
-    assert webhook.is_active is True
-
-
-def test_another_users_webhook_is_a_404(client, owner, other, local_hooks):
-    webhook = webhooks.create_webhook(owner, url=HOOK, events=["*"])
-    webhooks.dispatch(owner.pk, "build.failed", {})
-    delivery = WebhookDelivery.objects.get(webhook=webhook)
-    client.force_login(other)
-    assert client.get(reverse("webhook-detail", args=[webhook.pk])).status_code == 404
-    assert client.post(reverse("webhook-toggle", args=[webhook.pk])).status_code == 404
-    redeliver = reverse("delivery-redeliver", args=[webhook.pk, delivery.pk])
-    assert client.post(redeliver).status_code == 404
-    assert HOOK not in client.get(reverse("webhook-list")).content.decode()
-    webhook.refresh_from_db()
-    assert webhook.is_active is True

@@ -16,7 +16,8 @@ from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 
 from accounts.models import ApiKey
 from accounts.services import issue_tokens, revoke_access_token, revoke_api_key
-from executions import services
+from executions import events as event_log
+from executions import outcomes, services
 from executions.models import Execution, ExecutionEvent
 from executions.tests.live import Client, deploy, wait_for_status
 from executions.tests.wsclient import (
@@ -48,7 +49,7 @@ def path_of(execution, query: str = "") -> str:
 
 
 def record(execution, *items):
-    return services.record_events(execution.pk, list(items))
+    return event_log.record_events(execution.pk, list(items))
 
 
 def deltas(words):
@@ -56,7 +57,7 @@ def deltas(words):
 
 
 def complete(execution, output):
-    assert services.finish(execution, "completed", output=output, duration_ms=5)
+    assert outcomes.finish(execution, "completed", output=output, duration_ms=5)
 
 
 # --- who may connect --------------------------------------------------------------------------
@@ -237,7 +238,7 @@ def test_replays_after_then_follows_live_until_the_terminal_event_then_closes_10
         return replayed, live, terminal, code
 
     replayed, live, terminal, code = async_to_sync(scenario)()
-    stored = [event.as_message() for event in services.events_after(run)]
+    stored = [event.as_message() for event in event_log.events_after(run)]
     assert [*replayed, *live, terminal] == stored[1:]
     assert [event["seq"] for event in [*replayed, *live, terminal]] == [2, 3, 4, 5, 6]
     assert terminal["type"] == "run_completed"
@@ -270,10 +271,10 @@ def test_live_duplicates_are_dropped_and_a_skipped_seq_is_read_from_the_log(run,
         assert (await client.connect())[0]
         received = [await receive(client)]
         # Seq 1 again, as a late subscriber gets it from both the log and the layer.
-        await sync_to_async(services.publish)(run.pk, received)
+        await sync_to_async(event_log.publish)(run.pk, received)
         # Seqs 2 and 3 are in the log, but only 3 reaches the layer.
         stored = await sync_to_async(write_unpublished)(run, ["a", "b"])
-        await sync_to_async(services.publish)(run.pk, stored[1:])
+        await sync_to_async(event_log.publish)(run.pk, stored[1:])
         received += [await receive(client), await receive(client)]
         # The next live event follows directly: nothing was sent twice.
         await sync_to_async(record)(run, ("content_delta", {"content": "c"}))
@@ -299,7 +300,7 @@ def test_a_finished_run_replays_everything_and_closes_1000(run, owner):
 
     events, code = async_to_sync(scenario)()
     assert [event["seq"] for event in events] == [1, 2, 3, 4, 5, 6]
-    assert events == [event.as_message() for event in services.events_after(run)]
+    assert events == [event.as_message() for event in event_log.events_after(run)]
     assert code == 1000
 
 
@@ -330,7 +331,7 @@ def test_messages_are_the_whole_event_as_json(run, owner):
     output = async_to_sync(scenario)()
     message = json.loads(output["text"])
     assert set(message) == {"seq", "type", "data", "timestamp", "execution_id"}
-    assert message == services.events_after(run).get().as_message()
+    assert message == event_log.events_after(run).get().as_message()
 
 
 # --- live: daphne and RQ workers, a real WebSocket client ------------------------------------

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from sandbox.backends import get_backend, sandbox_config
+from core.sandbox_settings import sandbox_config
+from sandbox.backends import get_backend
 from sandbox.base import Backend, Environment, Run, SandboxUnavailable
 from sandbox.process_backend import ProcessBackend
 from sandbox.tests.helpers import OFFLINE

@@ -5,8 +5,8 @@ egress is in test_docker_egress.py.)"""
 
 from __future__ import annotations
 
-import io
 import ipaddress
+import json
 import os
 import textwrap
 import threading
@@ -18,11 +18,12 @@ from pathlib import Path
 import docker
 import docker.errors
 import pytest
-from django.core.management import call_command
 
-from sandbox.base import BuildError, ErrorType, Limits, SandboxUnavailable, Status
+from core.sandbox_settings import sandbox_config
+from sandbox.base import BuildError, Environment, ErrorType, Limits, SandboxUnavailable, Status
 from sandbox.base_image import build_base_image
-from sandbox.docker_backend import LABEL_BUILD, LABEL_RUN, DockerBackend
+from sandbox.docker_backend import LABEL_RUN, DockerBackend
+from sandbox.docker_images import LABEL_BUILD, LABEL_ENV
 from sandbox.tests.helpers import OFFLINE, log_messages, wheel
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -40,8 +41,6 @@ def engine() -> docker.DockerClient:
 
 @pytest.fixture(scope="module")
 def docker_backend(engine: docker.DockerClient) -> DockerBackend:
-    from sandbox.backends import sandbox_config
-
     backend = DockerBackend.from_config(replace(sandbox_config(), build=OFFLINE))
     backend.check()
     return backend
@@ -73,8 +72,9 @@ def make_env(docker_backend: DockerBackend, tmp_path: Path):
             pass
 
 
-def run_containers(engine: docker.DockerClient) -> list:
-    return engine.containers.list(all=True, filters={"label": LABEL_RUN})
+def run_containers(engine: docker.DockerClient, env: Environment) -> list:
+    """Run containers of `env` (its key is this test's own: other sessions' runs are left out)."""
+    return engine.containers.list(all=True, filters={"label": f"{LABEL_ENV}={env.key}"})
 
 
 def agent_tags(engine: docker.DockerClient, repository: str) -> list[str]:
@@ -238,8 +238,9 @@ def test_a_build_is_stopped_at_its_timeout(make_env, docker_backend, engine):
         egress_root=docker_backend.egress_root,
     )
     lines: list[str] = []
-    started = time.monotonic()
 
+    # Stopped by the build's watcher, not by the container's own deadline (3 + 10 s, which
+    # would end pip with a kill and read as a failed install).
     with pytest.raises(BuildError, match="took longer than 3 s"):
         make_env(
             {
@@ -261,7 +262,6 @@ def test_a_build_is_stopped_at_its_timeout(make_env, docker_backend, engine):
             backend=quick,
         )
 
-    assert time.monotonic() - started < 3 + 30
     assert "installing the requirements took longer than 3 s" in lines
     assert agent_tags(engine, docker_backend.agent_image) == []
     assert build_containers(engine) == []
@@ -292,21 +292,19 @@ def test_the_container_exists_during_the_run_and_is_removed_after_it(
     env = make_env(
         {"agent/main.py": "import time\ndef handle(p):\n    time.sleep(p)\n    return 'ok'\n"}
     )
-    before = {c.id for c in run_containers(engine)}
-
     run = docker_backend.start(env, "agent.main:handle", 1.5, limits=Limits())
-    during = {c.id for c in run_containers(engine)} - before
+    during = {c.id for c in run_containers(engine, env)}
     outcome = run.wait(60)
 
     assert outcome.status == Status.COMPLETED
-    assert len(during) == 1
-    assert not during & {c.id for c in run_containers(engine)}
+    assert during == {run.container_id}
+    assert run_containers(engine, env) == []
 
 
 def test_kill_returns_once_the_container_is_gone(make_env, docker_backend, engine):
     env = make_env({"agent/main.py": "import time\ndef handle(p):\n    time.sleep(600)\n"})
     run = docker_backend.start(env, "agent.main:handle", None, limits=Limits())
-    (container,) = [c for c in run_containers(engine) if c.labels[LABEL_RUN]]
+    (container,) = [c for c in run_containers(engine, env) if c.labels[LABEL_RUN]]
 
     run.kill()
 
@@ -335,7 +333,7 @@ def test_a_paused_run_is_frozen_by_the_engine_and_finishes_after_resume(
     next(events)
 
     run.pause()
-    (container,) = run_containers(engine)
+    (container,) = run_containers(engine, env)
     state = engine.api.inspect_container(container.id)["State"]
     time.sleep(6)  # longer than the timeout: paused time must not count
     run.resume()
@@ -357,7 +355,7 @@ def test_kill_of_a_paused_run_removes_its_container(make_env, docker_backend, en
 
     assert not killer.is_alive()
     assert run.wait(5).status == Status.CANCELLED
-    assert not [c for c in run_containers(engine) if c.status != "removing"]
+    assert not [c for c in run_containers(engine, env) if c.status != "removing"]
 
 
 def test_peak_memory_and_cpu_time_come_from_the_containers_cgroup(make_env, docker_backend):
@@ -417,7 +415,7 @@ def test_writes_to_the_workspace_and_tmp_share_one_cap(make_env, docker_backend,
     in_workspace, in_tmp = map(int, line.split()[1:])
     assert in_workspace >= 1 and in_tmp >= 1
     assert 12 <= in_workspace + in_tmp <= 16
-    assert run.container_id not in {c.id for c in run_containers(engine)}
+    assert run.container_id not in {c.id for c in run_containers(engine, env)}
     assert (after.status, after.output) == (Status.COMPLETED, "ok")
 
 
@@ -464,16 +462,6 @@ def test_check_names_an_unreachable_engine(tmp_path, monkeypatch):
 
     with pytest.raises(SandboxUnavailable, match="not reachable"):
         backend.check()
-
-
-def test_build_base_image_does_nothing_when_the_image_exists(docker_backend, engine):
-    image_id = engine.images.get(docker_backend.base_image).id
-    out = io.StringIO()
-
-    call_command("build_base_image", tag=docker_backend.base_image, stdout=out)
-
-    assert "present" in out.getvalue()
-    assert engine.images.get(docker_backend.base_image).id == image_id
 
 
 def test_build_base_image_reimports_the_cached_rootfs(settings, engine):
@@ -540,11 +528,11 @@ def test_variables_reach_the_agent_but_not_the_containers_config(make_env, docke
     env = make_env(
         {
             "agent/main.py": """
-                import os, time
+                import json, os, time
                 def handle(p, ctx):
-                    ctx.delta("ready")
-                    time.sleep(1)
-                    return [os.environ.get("LOG_LEVEL"), os.environ.get("API_TOKEN")]
+                    seen = [os.environ.get("LOG_LEVEL"), os.environ.get("API_TOKEN")]
+                    ctx.delta(json.dumps(seen))
+                    time.sleep(600)  # the container lives until the test has looked at it
             """
         },
         {"env": {"LOG_LEVEL": "debug"}},
@@ -552,12 +540,12 @@ def test_variables_reach_the_agent_but_not_the_containers_config(make_env, docke
     run = docker_backend.start(
         env, "agent.main:handle", None, limits=Limits(), env_vars={"API_TOKEN": "tok-s3cret"}
     )
-    next(run.events())
-    (container,) = run_containers(engine)
+    seen = next(run.events())
+    (container,) = run_containers(engine, env)
     config = engine.api.inspect_container(container.id)["Config"]
+    run.kill()
 
-    outcome = run.wait(60)
-
-    assert outcome.output == ["debug", "tok-s3cret"]
+    assert seen.type == "content_delta"
+    assert json.loads(seen.data["content"]) == ["debug", "tok-s3cret"]
     assert "tok-s3cret" not in repr(config)
     assert not any(line.startswith(("API_TOKEN=", "LOG_LEVEL=")) for line in config["Env"])

@@ -6,8 +6,9 @@ from dataclasses import replace
 
 import pytest
 
+from core.sandbox_settings import sandbox_config
 from sandbox import get_backend, limits_for
-from sandbox.backends import SandboxConfig, sandbox_config
+from sandbox.backends import SandboxConfig
 from sandbox.process_backend import ProcessBackend
 
 SERVER = SandboxConfig(
@@ -81,16 +82,16 @@ def test_invalid_values_are_refused(manifest):
 def test_settings_are_the_default_maxima(settings):
     settings.AIMOS_MAX_MEMORY_MB = 100
     assert sandbox_config().max_memory_mb == 100
-    assert limits_for({"resources": {"memory_mb": 4096}}).memory_mb == 100
+    assert limits_for({"resources": {"memory_mb": 4096}}, config=sandbox_config()).memory_mb == 100
 
 
 def test_get_backend_follows_the_setting(settings):
     settings.AIMOS_SANDBOX = "process"
-    backend = get_backend()
+    backend = get_backend(config=sandbox_config())
     assert isinstance(backend, ProcessBackend)
     assert backend.root == settings.AIMOS_SANDBOX_ROOT
 
 
 def test_get_backend_refuses_an_unknown_name():
     with pytest.raises(ValueError, match="unknown sandbox backend"):
-        get_backend("vm")
+        get_backend("vm", config=SERVER)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.backends import get_backend, sandbox_config
+from core.sandbox_settings import sandbox_config
+from sandbox.backends import get_backend
 from sandbox.base import BuildError, Status
 from sandbox.egress import host_addresses
 from sandbox.requirements import BuildRules

@@ -98,7 +98,7 @@ def shot():
 def in_thread(call, *args, **kwargs):
     """Call a service from another thread and return what it returns.
 
-    Needed for services that publish to the channel layer (`aimos.feed`): asgiref refuses
+    Needed for services that publish to the channel layer (`notifications.feed`): asgiref refuses
     `async_to_sync` in a thread where an event loop runs, and Playwright's runs in this one.
     """
     import threading

@@ -6,8 +6,8 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from executions import webhooks
-from executions.models import Webhook, WebhookDelivery
+from notifications import services
+from notifications.models import Webhook, WebhookDelivery
 
 pytestmark = pytest.mark.slow
 
@@ -49,8 +49,8 @@ def test_webhook_form_refuses_private_addresses_and_shows_the_secret_once(
 
 def test_a_failed_delivery_is_shown_and_sent_again(open_browser, live, owner, settings, shot):
     settings.AIMOS_WEBHOOK_ALLOW_PRIVATE = True  # in this process only: the server refuses it
-    webhook = webhooks.create_webhook(owner, url="http://127.0.0.1:9/hooks", events=["*"])
-    webhooks.dispatch(owner.pk, "execution.completed", {"execution_id": "e-1"})
+    webhook = services.create_webhook(owner, url="http://127.0.0.1:9/hooks", events=["*"])
+    services.dispatch(owner.pk, "execution.completed", {"execution_id": "e-1"})
     delivery = WebhookDelivery.objects.get(webhook=webhook)
     wait_for(lambda: WebhookDelivery.objects.get(pk=delivery.pk).status == "failed")
 

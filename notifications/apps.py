@@ -1,6 +1,6 @@
 from django.apps import AppConfig
 
 
-class SandboxConfig(AppConfig):
-    name = "sandbox"
+class NotificationsConfig(AppConfig):
+    name = "notifications"
     default_auto_field = "django.db.models.BigAutoField"

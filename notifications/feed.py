@@ -29,11 +29,17 @@ host's metrics, the same for everyone). Run events are not in the feed: they go 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
+
+from notifications import services
 
 logger = logging.getLogger(__name__)
 
@@ -54,27 +60,37 @@ def message(kind: str, data: dict[str, Any]) -> dict[str, Any]:
 def notify(user_id, kind: str, data: dict[str, Any]) -> None:
     """Send `{type: kind, data, timestamp}` to the feed of `user_id` once the current
     transaction commits (the timestamp is now, when it happened), and the matching event to
-    the user's webhooks."""
+    the user's webhooks. The callers (agents, executions) give plain data: ids and names."""
     payload = message(kind, data)
     group = user_group(user_id)
     transaction.on_commit(lambda: send(group, payload))
-    _to_webhooks(user_id, kind, data)
-
-
-def _to_webhooks(user_id, kind: str, data: dict[str, Any]) -> None:
-    """The same happening, told to the user's webhooks that want it."""
-    from executions import webhooks
-
-    event = webhooks.event_for(kind, data)
+    event = event_for(kind, data)
     if event is not None:
-        webhooks.dispatch(user_id, event, data)
+        services.dispatch(user_id, event, data)
+
+
+def event_for(kind: str, data: dict[str, Any]) -> str | None:
+    """The webhook event (`services.EVENTS`) of a feed message, or None when there is none:
+    read from the message's kind and its plain fields (`status`, and `agent_ids` or
+    `total_agents`, which only a batch's messages carry)."""
+    status = data.get("status")
+    if kind == "agent_created":
+        return "agent.created"
+    if kind == "build_started":
+        return "build.started"
+    if kind == "build_completed":
+        return "build.completed" if status == "ready" else "build.failed"
+    if kind == "execution_started" and "agent_ids" not in data:
+        return "execution.started"
+    if kind == "execution_completed" and "total_agents" in data:
+        return "batch.completed"
+    if kind in ("execution_completed", "agent_completed") and status:
+        return "execution.completed" if status == "completed" else f"execution.{status}"
+    return None
 
 
 def send(group: str, payload: dict[str, Any]) -> None:
     """Deliver one feed message to a group now; a failure is logged, never raised."""
-    from asgiref.sync import async_to_sync
-    from channels.layers import get_channel_layer
-
     layer = get_channel_layer()
     if layer is None:
         return
@@ -84,35 +100,18 @@ def send(group: str, payload: dict[str, Any]) -> None:
         logger.exception("could not send %s to %s", payload.get("type"), group)
 
 
-def current_metrics() -> dict[str, Any]:
-    """The host as a `metrics_update` shows it: CPU over a short window, memory now, and the
-    health score of `aimos.system` (the share of its checks that pass)."""
-    import psutil
-
-    from aimos import system
-
-    checks, _, _ = system.health_checks()
-    return {
-        "cpu_usage": round(psutil.cpu_percent(interval=system.SAMPLE_WINDOW_SECONDS), 2),
-        "memory_usage": round(psutil.virtual_memory().percent, 2),
-        "system_health_score": system.health_score(checks),
-        "timestamp": timezone.now().isoformat(),
-    }
-
-
-def broadcast_metrics_if_due() -> bool:
-    """Send a `metrics_update` to every feed, at most once per AIMOS_METRICS_INTERVAL across
-    all workers (a Redis key with that lifetime decides who). Called by the upkeep process;
-    never raises. Whether this call sent one."""
-    from django.core.cache import cache
-
+def broadcast_metrics_if_due(measure: Callable[[], dict[str, Any]]) -> bool:
+    """Send a `metrics_update` (the data `measure()` gives) to every feed, at most once per
+    AIMOS_METRICS_INTERVAL across all workers (a Redis key with that lifetime decides who,
+    before anything is measured). Called by the upkeep process; never raises. Whether this
+    call sent one."""
     try:
         # A second less than the interval, so that an upkeep pass arriving just on time
         # (its own interval divides this one) still finds the key gone.
         lifetime = max(1, settings.AIMOS_METRICS_INTERVAL - 1)
         if not cache.add(_METRICS_DUE_KEY, True, timeout=lifetime):
             return False
-        send(METRICS_GROUP, message("metrics_update", current_metrics()))
+        send(METRICS_GROUP, message("metrics_update", measure()))
         return True
     except Exception:
         logger.exception("could not broadcast the metrics")

@@ -2,8 +2,8 @@
 
 import pytest
 
-from executions import webhooks
-from executions.models import Webhook, WebhookDelivery
+from notifications import services
+from notifications.models import Webhook, WebhookDelivery
 
 pytestmark = pytest.mark.django_db
 
@@ -53,7 +53,7 @@ def test_unknown_events_are_refused(owner_api, allow_private):
 
 
 def test_update_and_delete(owner_api, owner, allow_private):
-    hook = webhooks.create_webhook(owner, url="http://127.0.0.1:9/", events=["*"])
+    hook = services.create_webhook(owner, url="http://127.0.0.1:9/", events=["*"])
     response = owner_api.patch(
         f"{HOOKS}/{hook.pk}", {"is_active": False, "events": ["agent.created"]}, format="json"
     )
@@ -69,8 +69,8 @@ def test_update_and_delete(owner_api, owner, allow_private):
 def test_deliveries_are_listed_and_can_be_redelivered(
     owner_api, owner, allow_private, drain_queues
 ):
-    hook = webhooks.create_webhook(owner, url="http://127.0.0.1:9/nothing-listens", events=["*"])
-    webhooks.dispatch(owner.pk, "agent.created", {"agent_id": "a"})
+    hook = services.create_webhook(owner, url="http://127.0.0.1:9/nothing-listens", events=["*"])
+    services.dispatch(owner.pk, "agent.created", {"agent_id": "a"})
     drain_queues()
     deliveries = owner_api.get(f"{HOOKS}/{hook.pk}/deliveries").json()
     assert len(deliveries) == 1
@@ -86,7 +86,7 @@ def test_deliveries_are_listed_and_can_be_redelivered(
 
 
 def test_outsider_gets_404_on_every_webhook_endpoint(other_api, owner, allow_private):
-    hook = webhooks.create_webhook(owner, url="http://127.0.0.1:9/", events=["*"])
+    hook = services.create_webhook(owner, url="http://127.0.0.1:9/", events=["*"])
     base = f"{HOOKS}/{hook.pk}"
     assert other_api.get(base).status_code == 404
     assert other_api.patch(base, {"is_active": False}, format="json").status_code == 404
@@ -97,10 +97,42 @@ def test_outsider_gets_404_on_every_webhook_endpoint(other_api, owner, allow_pri
     assert Webhook.objects.get().is_active
 
 
-def test_feed_messages_map_to_webhook_events():
-    assert webhooks.event_for("build_completed", {"status": "failed"}) == "build.failed"
-    assert (
-        webhooks.event_for("execution_completed", {"status": "timed_out"}) == "execution.timed_out"
+@pytest.fixture
+def queues(rq_queues):
+    """The real RQ queues, emptied again afterwards: nothing queued here is ever delivered."""
+    yield rq_queues
+    for queue in rq_queues:
+        queue.empty()
+
+
+def test_a_pending_delivery_is_not_redelivered(owner_api, owner, allow_private, queues):
+    hook = services.create_webhook(owner, url="http://127.0.0.1:9/", events=["*"])
+    WebhookDelivery.objects.create(
+        id="msg_pending", webhook=hook, event="agent.created", payload={}, status="pending"
     )
-    assert webhooks.event_for("execution_completed", {"total_agents": 2}) == "batch.completed"
-    assert webhooks.event_for("metrics_update", {}) is None
+    response = owner_api.post(f"{HOOKS}/{hook.pk}/deliveries/msg_pending/redeliver")
+    assert response.status_code == 409
+    body = response.json()
+    assert body["code"] == "delivery_pending"
+    assert "still being attempted" in body["detail"]
+    delivery = WebhookDelivery.objects.get()
+    assert (delivery.status, delivery.attempts) == ("pending", 0)
+    assert queues[2].count == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_delivery_is_redelivered_once_even_when_asked_twice(
+    owner_api, owner, allow_private, queues
+):
+    hook = services.create_webhook(owner, url="http://127.0.0.1:9/", events=["*"])
+    WebhookDelivery.objects.create(
+        id="msg_failed", webhook=hook, event="agent.created", payload={}, status="failed"
+    )
+    url = f"{HOOKS}/{hook.pk}/deliveries/msg_failed/redeliver"
+    first = owner_api.post(url)
+    second = owner_api.post(url)
+    assert first.status_code == 202
+    assert first.json()["status"] == "pending"
+    assert second.status_code == 409
+    assert WebhookDelivery.objects.get().status == "pending"
+    assert queues[2].count == 1

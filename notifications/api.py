@@ -12,15 +12,15 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from core.errors import error_responses as errors
-from executions import webhooks
-from executions.models import Webhook, WebhookDelivery
+from notifications import services
+from notifications.models import Webhook, WebhookDelivery
 
 
 class WebhookSerializer(serializers.ModelSerializer):
     url = serializers.URLField(max_length=2000)
     events = serializers.ListField(
         child=serializers.CharField(max_length=64),
-        help_text=f'Event names ({", ".join(webhooks.EVENTS)}) or ["*"].',
+        help_text=f'Event names ({", ".join(services.EVENTS)}) or ["*"].',
     )
 
     class Meta:
@@ -92,21 +92,21 @@ class WebhookViewSet(
         return Webhook.objects.for_user(self.request.user).order_by("-created_at")
 
     def get_object(self):
-        return webhooks.access_webhook(self.request.user, self.kwargs["pk"])
+        return services.access_webhook(self.request.user, self.kwargs["pk"])
 
     @extend_schema(responses={201: NewWebhookSerializer, **errors(400, 401)})
     def create(self, request):
         """Register a URL for some events; it must resolve to a public address."""
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        webhook = webhooks.create_webhook(request.user, **serializer.validated_data)
+        webhook = services.create_webhook(request.user, **serializer.validated_data)
         return Response(NewWebhookSerializer(webhook).data, status=status.HTTP_201_CREATED)
 
     def perform_destroy(self, instance):
-        webhooks.delete_webhook(instance)
+        services.delete_webhook(instance)
 
     def perform_update(self, serializer):
-        serializer.instance = webhooks.update_webhook(
+        serializer.instance = services.update_webhook(
             serializer.instance, **serializer.validated_data
         )
 
@@ -122,7 +122,7 @@ class WebhookViewSet(
     @extend_schema(
         parameters=[WEBHOOK_ID, DELIVERY_ID],
         request=None,
-        responses={202: DeliverySerializer, **errors(401, 404)},
+        responses={202: DeliverySerializer, **errors(401, 404, 409)},
     )
     @action(
         detail=True,
@@ -131,7 +131,8 @@ class WebhookViewSet(
         serializer_class=DeliverySerializer,
     )
     def redeliver(self, request, pk=None, delivery_id=None):
-        """Send this delivery's event again (same id and payload, signed anew)."""
-        delivery = webhooks.access_delivery(self.get_object(), delivery_id)
-        webhooks.redeliver(delivery)
+        """Send this delivery's event again (same id and payload, signed anew); a delivery still
+        being attempted (pending) is refused with 409."""
+        delivery = services.access_delivery(self.get_object(), delivery_id)
+        services.redeliver(delivery)
         return Response(DeliverySerializer(delivery).data, status=status.HTTP_202_ACCEPTED)

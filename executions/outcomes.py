@@ -1,0 +1,121 @@
+"""How a run ends: `finish` writes the terminal status and its terminal event in one
+transaction, notes the outcome in the agent's log and tells the user's feed (and, from the
+last run of a batch to end, the batch's end). Used by the worker, run control, the failure
+callback of the run job and the lost-run sweep alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from agents.activity import log
+from agents.choices import LogLevel, LogSource
+from executions.batches import batch_summary
+from executions.choices import TERMINAL_EVENTS, ExecutionStatus
+from executions.events import record_events
+from executions.models import Batch, Execution
+from notifications import feed
+
+
+def finish(
+    execution: Execution,
+    status: str,
+    *,
+    reason: str = "",
+    from_states=None,
+    output: Any = None,
+    error_type: str = "",
+    duration_ms: int | None = None,
+    peak_memory_mb: float | None = None,
+    cpu_ms: int | None = None,
+) -> bool:
+    """End the execution with `status` and its terminal event, atomically. False (and no
+    event) when the execution had already ended."""
+    with transaction.atomic():
+        ended = Execution.finish(
+            execution.pk,
+            status,
+            from_states=from_states,
+            output=output,
+            error_message=reason if status != ExecutionStatus.COMPLETED else "",
+            error_type=error_type,
+            duration_ms=duration_ms,
+            peak_memory_mb=peak_memory_mb,
+            cpu_ms=cpu_ms,
+        )
+        if not ended:
+            return False
+        if status == ExecutionStatus.COMPLETED:
+            count = Execution.objects.values_list("last_seq", flat=True).get(pk=execution.pk) + 1
+            data = {
+                "output": output,
+                "metrics": {
+                    "duration_ms": duration_ms,
+                    "cpu_ms": cpu_ms,
+                    "peak_memory_mb": peak_memory_mb,
+                    "events": count,
+                },
+            }
+        elif status == ExecutionStatus.FAILED:
+            data = {"error": reason, "error_type": error_type}
+        else:
+            data = {"reason": reason}
+        record_events(execution.pk, [(TERMINAL_EVENTS[status], data)])
+        _log_outcome(execution, status, reason, error_type)
+        _notify_finished(execution, status, duration_ms)
+    return True
+
+
+def _notify_finished(execution: Execution, status: str, duration_ms: int | None) -> None:
+    """Tell the user's feed that a run ended; a batch's last run also ends the batch.
+
+    The batch row is locked first, so of two runs of a batch ending at once, the one that
+    takes the lock second sees the other's end committed: exactly one announces the batch.
+    """
+    run = {
+        "agent_id": str(execution.agent_id),
+        "agent_name": execution.agent.name,
+        "status": status,
+        "duration_ms": duration_ms,
+    }
+    if execution.batch_id is None:
+        feed.notify(
+            execution.user_id, "execution_completed", {"execution_id": str(execution.pk), **run}
+        )
+        return
+    batch = Batch.objects.select_for_update().get(pk=execution.batch_id)
+    feed.notify(
+        execution.user_id,
+        "agent_completed",
+        {"execution_id": str(batch.pk), "run_id": str(execution.pk), **run},
+    )
+    summary = batch_summary(batch)
+    if summary["finished"]:
+        feed.notify(
+            execution.user_id,
+            "execution_completed",
+            {
+                "execution_id": str(batch.pk),
+                "total_agents": summary["total"],
+                "successful": summary["completed"],
+                "failed": summary["failed"],
+                "success_rate": summary["success_rate"],
+            },
+        )
+
+
+def _log_outcome(execution: Execution, status: str, reason: str, error_type: str) -> None:
+    short = str(execution.pk)[:8]
+    message = f"Execution {short} {status}" + (f": {reason.splitlines()[0]}" if reason else "")
+    log(
+        execution.agent,
+        message[:500],
+        source=LogSource.RUNTIME,
+        level=LogLevel.INFO if status == ExecutionStatus.COMPLETED else LogLevel.ERROR,
+        metadata={
+            "execution_id": str(execution.pk),
+            "status": status,
+            "error_type": error_type or None,
+        },
+    )

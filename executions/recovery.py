@@ -1,0 +1,90 @@
+"""Repairing runs whose worker died, called by the upkeep process (`aimos.upkeep`): a run
+whose lease expired ends `failed`/`lost` (or is queued again, once, when its agent never
+started), and a pending run whose queued job vanished is queued again."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import django_rq
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from rq.job import Job
+
+from core.sandbox_settings import sandbox_config
+from executions.choices import ErrorType, ExecutionStatus
+from executions.events import record_events
+from executions.jobs import enqueue_run, run_job_id
+from executions.models import Execution
+from executions.outcomes import finish
+from sandbox import get_backend
+
+logger = logging.getLogger(__name__)
+
+REQUEUED_MESSAGE = "The worker stopped before the agent started; queued again"
+
+
+def sweep_lost_runs() -> dict:
+    """Runs whose worker died (lease expired) end `failed`/`lost`, or are queued again once when
+    the agent never started; pending runs whose job vanished are queued again."""
+    now = timezone.now()
+    lost = requeued = 0
+    expired = Execution.objects.filter(
+        status__in=[ExecutionStatus.RUNNING, ExecutionStatus.PAUSED], lease_expires_at__lt=now
+    )
+    for execution in expired.select_related("agent"):
+        if not execution.sandbox_started and execution.attempt < 2:
+            with transaction.atomic():
+                if Execution.requeue(execution.pk):
+                    record_events(
+                        execution.pk,
+                        [
+                            (
+                                "log",
+                                {
+                                    "level": "warning",
+                                    "message": REQUEUED_MESSAGE,
+                                    "source": "platform",
+                                },
+                            )
+                        ],
+                    )
+                    transaction.on_commit(
+                        lambda pk=execution.pk, n=execution.attempt: enqueue_run(pk, attempt=n)
+                    )
+                    requeued += 1
+            continue
+        if finish(
+            execution,
+            ExecutionStatus.FAILED,
+            reason="The worker running this execution stopped",
+            error_type=ErrorType.LOST,
+            from_states=[ExecutionStatus.RUNNING, ExecutionStatus.PAUSED],
+        ):
+            lost += 1
+            _kill_orphan(execution)
+    return {"lost": lost, "requeued": requeued, "pending_requeued": _requeue_vanished_jobs()}
+
+
+def _requeue_vanished_jobs() -> int:
+    """Pending runs whose queued job no longer exists (e.g. Redis lost it) are queued again."""
+    connection = django_rq.get_connection("runs")
+    cutoff = timezone.now() - timedelta(seconds=settings.AIMOS_RUN_LEASE_SECONDS * 2)
+    pending = Execution.objects.filter(status=ExecutionStatus.PENDING, created_at__lt=cutoff)
+    count = 0
+    for pk, attempt in pending.values_list("pk", "attempt"):
+        if not Job.exists(run_job_id(pk, attempt), connection=connection):
+            enqueue_run(pk, attempt=attempt)
+            count += 1
+    return count
+
+
+def _kill_orphan(execution: Execution) -> None:
+    """Make sure nothing of a lost run goes on in its sandbox."""
+    try:
+        backend = get_backend(execution.version.sandbox_backend or None, config=sandbox_config())
+        backend.kill_run(str(execution.pk))
+    except Exception:  # the run is recorded as lost either way
+        logger.exception("could not clean the sandbox of lost execution %s", execution.pk)

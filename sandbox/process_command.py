@@ -1,0 +1,211 @@
+"""The command line of a process-backend sandbox, from plain values (nothing is run here).
+
+`SandboxCommand` turns the tools' paths, the run's limits, uid, directories, variables,
+egress, the seccomp filter's fd and the cgroup files to join into the launcher's argv and
+environment: `sh` (joins the cgroups) → `bwrap` (namespaces, binds, tmpfs, seccomp,
+--clearenv) → `prlimit` → `setpriv` (the run's uid) → the program, behind `netbridge.py`
+when the sandbox has the egress proxy. Unisolated, `env -i` replaces bwrap and setpriv.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox.base import Limits
+from sandbox.confinement import MB
+from sandbox.egress import PROXY_PORT, SOCKET_NAME, proxy_environment
+from sandbox.protocol import RUNNER_PATH
+
+NETBRIDGE_PATH = Path(__file__).with_name("netbridge.py")
+WORKSPACE = "/workspace"
+TMP = f"{WORKSPACE}/.tmp"  # /tmp is a link here, so both share the workspace's cap
+SHM_MB = 16
+LAUNCHER_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+# Read-only pieces of /etc a Python program may need (names, DNS, TLS roots, time zone).
+ETC_FILES = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "resolv.conf",
+    "hosts",
+    "host.conf",
+    "gai.conf",
+    "nsswitch.conf",
+    "services",
+    "protocols",
+    "localtime",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "mime.types",
+    "os-release",
+    "debian_version",
+)
+_JOIN_CGROUPS = 'for f in $AIMOS_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done'
+
+
+def namespace_args() -> list[str]:
+    """Namespaces of every sandbox; the network one always (never the host's network, nor
+    its abstract Unix sockets, which belong to the network namespace)."""
+    return ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--unshare-net", "--die-with-parent", "--new-session"]  # fmt: skip
+
+
+def system_links() -> tuple[str, ...]:
+    """bwrap arguments for /bin, /lib, /lib64, /sbin as on this host (merged-/usr symlinks or
+    read-only binds). Reads the host's filesystem."""
+    args: list[str] = []
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = Path("/") / name
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), str(path)]
+        elif path.is_dir():
+            args += ["--ro-bind", str(path), str(path)]
+    return tuple(args)
+
+
+def prlimit_args(prlimit: str, limits: Limits, *, per_uid: bool) -> list[str]:
+    """rlimits of every process of the run. RLIMIT_NPROC counts per real uid, so it is set
+    only when the run has a uid of its own."""
+    cpu = math.ceil(limits.timeout_seconds * max(1.0, limits.cpus)) + 1
+    args = [
+        prlimit,
+        f"--data={limits.memory_mb * MB}",
+        f"--fsize={limits.max_file_mb * MB}",
+        f"--nofile={limits.max_open_files}",
+        f"--cpu={cpu}:{cpu + 2}",
+        "--core=0",
+    ]
+    if per_uid:
+        args.append(f"--nproc={limits.pids}")
+    return args + ["--"]
+
+
+@dataclass(frozen=True)
+class SandboxCommand:
+    """How one sandboxed program is started; `argv()` and `launcher_env()` are what to spawn.
+
+    `tools`: absolute paths of sh, env, prlimit, setpriv, bwrap. `program`: the argv inside
+    the sandbox. `uid`: the run's own uid (None: the worker's). `egress`: the sandbox has the
+    egress proxy's socket at /aimos/net (isolated only). `seccomp_fd`: the filter's BPF
+    program, inherited by bwrap (required when isolated). `cgroup_procs`: the cgroup.procs
+    files the launcher joins before anything else runs (None: no cgroups). `system_links`:
+    from `system_links()`.
+    """
+
+    tools: Mapping[str, str]
+    program: tuple[str, ...]
+    limits: Limits
+    venv: Path
+    code: Path
+    run_dir: Path
+    isolated: bool = True
+    uid: int | None = None
+    writable_env: bool = False
+    egress: bool = False
+    seccomp_fd: int | None = None
+    cgroup_procs: tuple[str, ...] | None = None
+    python_prefix: Path = Path("/usr")
+    system_links: tuple[str, ...] = ()
+
+    @property
+    def workspace(self) -> Path:
+        """The run's workspace on the host (unisolated runs write there)."""
+        return self.run_dir / "workspace"
+
+    @property
+    def bridged(self) -> bool:
+        return self.isolated and self.egress
+
+    def variables(self) -> dict[str, str]:
+        """The whole environment of the program (nothing of the worker's)."""
+        variables = {
+            "PATH": f"{'/env' if self.isolated else self.venv}/bin:/usr/local/bin:/usr/bin:/bin",
+            "HOME": WORKSPACE if self.isolated else str(self.workspace),
+            "TMPDIR": "/tmp" if self.isolated else str(self.workspace),
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        if self.bridged:
+            variables.update(proxy_environment())
+        return variables
+
+    def argv(self) -> list[str]:
+        """The launcher's command line."""
+        command = prlimit_args(self.tools["prlimit"], self.limits, per_uid=self.uid is not None)
+        if self.uid is not None:
+            command += [self.tools["setpriv"], f"--reuid={self.uid}", f"--regid={self.uid}",
+                        "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
+                        "--no-new-privs", "--"]  # fmt: skip
+        program = list(self.program)
+        if self.bridged:
+            program = [program[0], "-I", "-S", "/aimos/netbridge.py", f"/aimos/net/{SOCKET_NAME}",
+                       str(PROXY_PORT), "--", *program]  # fmt: skip
+        command += program
+        variables = self.variables()
+        if self.isolated:
+            command = [*self._bwrap(variables), "--", *command]
+        else:
+            command = [self.tools["env"], "-i", *(f"{k}={v}" for k, v in variables.items()),
+                       *command]  # fmt: skip
+            if "setpriv" in self.tools:
+                # A crashed worker takes its runs along (bwrap's --die-with-parent does it
+                # for isolated runs).
+                command = [self.tools["setpriv"], "--pdeathsig", "KILL", "--", *command]
+        if self.cgroup_procs is not None:
+            # The shell joins the cgroups, then becomes the sandbox: nothing forks outside.
+            command = [self.tools["sh"], "-c", _JOIN_CGROUPS + '; exec "$@"', "sh", *command]
+        return command
+
+    def launcher_env(self) -> dict[str, str]:
+        """The launcher's own environment (bwrap or `env -i` clears it for the program)."""
+        env = {"PATH": LAUNCHER_PATH}
+        if self.cgroup_procs is not None:
+            env["AIMOS_CGROUP_PROCS"] = " ".join(self.cgroup_procs)
+        return env
+
+    def cwd(self) -> Path:
+        return self.run_dir if self.isolated else self.code
+
+    def _bwrap(self, variables: dict[str, str]) -> list[str]:
+        if self.seccomp_fd is None:
+            raise ValueError("an isolated sandbox needs its seccomp filter (seccomp_fd)")
+        run_dir = self.run_dir
+        args = [self.tools["bwrap"], *namespace_args()]
+        args += ["--seccomp", str(self.seccomp_fd)]
+        args += ["--hostname", "aimos"]
+        args += ["--ro-bind", "/usr", "/usr", *self.system_links]
+        args += ["--perms", "0755", "--dir", "/etc"]
+        for name in ETC_FILES:
+            args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        args += ["--ro-bind", str(run_dir / "passwd"), "/etc/passwd"]
+        args += ["--ro-bind", str(run_dir / "group"), "/etc/group"]
+        prefix = self.python_prefix
+        if not prefix.is_relative_to("/usr"):
+            # Its parents (e.g. /root) are created world-traversable, unlike on the host.
+            for parent in reversed(prefix.parents[:-1]):
+                args += ["--perms", "0755", "--dir", str(parent)]
+            args += ["--ro-bind", str(prefix), str(prefix)]
+        args += ["--bind" if self.writable_env else "--ro-bind", str(self.venv), "/env"]
+        args += ["--ro-bind", str(self.code), "/code"]
+        args += ["--perms", "0755", "--dir", "/aimos"]
+        args += ["--ro-bind", str(RUNNER_PATH), "/aimos/runner.py"]
+        if self.bridged:
+            args += ["--ro-bind", str(NETBRIDGE_PATH), "/aimos/netbridge.py"]
+            args += ["--ro-bind", str(run_dir / "net"), "/aimos/net"]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        # One filesystem, capped, for everything a run writes: the workspace, and /tmp in it.
+        workspace_bytes = str(self.limits.workspace_mb * MB)
+        args += ["--perms", "1777", "--size", workspace_bytes, "--tmpfs", WORKSPACE]
+        args += ["--perms", "1777", "--dir", TMP, "--symlink", TMP, "/tmp"]
+        shm_mb = min(SHM_MB, self.limits.workspace_mb)
+        args += ["--perms", "1777", "--size", str(shm_mb * MB), "--tmpfs", "/dev/shm"]
+        args += ["--remount-ro", "/", "--chdir", "/code", "--clearenv"]
+        for name, value in variables.items():
+            args += ["--setenv", name, value]
+        return args
