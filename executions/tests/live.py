@@ -86,8 +86,14 @@ def sse_frames(response: requests.Response) -> Iterator[dict]:
         yield frame
 
 
-def sandbox_processes(marker: str = "runner.py") -> list[int]:
-    """Pids of processes whose command line mentions the in-sandbox runner."""
+def sandbox_processes(marker: str | None = None) -> list[int]:
+    """Pids of the live stack's sandboxes: processes whose command line names its sandbox root
+    (each sandbox's launcher does; what runs inside dies with it). Other test sessions'
+    sandboxes on this host have roots of their own."""
+    if marker is None:
+        from django.conf import settings
+
+        marker = str(settings.AIMOS_SANDBOX_ROOT)
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
