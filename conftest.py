@@ -167,7 +167,7 @@ class LiveStack:
             try:
                 if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             if self.web.poll() is not None:
                 break

@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import UserChangeForm, UserCreationForm
@@ -5,7 +6,16 @@ from django.utils import timezone
 
 from accounts import services
 from accounts.choices import ApiKeyStatus
-from accounts.models import ApiKey, User
+from accounts.models import ApiKey, User, username_refusal
+
+
+def _clean_username(form):
+    username = form.cleaned_data.get("username")
+    if username and (why := username_refusal(username)):
+        # An unchanged legacy name may stay; a new or renamed one follows the rule.
+        if form.instance.pk is None or username != form.initial.get("username"):
+            raise forms.ValidationError(why, code="username_looks_like_email")
+    return username
 
 
 class AdminUserCreationForm(UserCreationForm):
@@ -13,11 +23,18 @@ class AdminUserCreationForm(UserCreationForm):
         model = User
         fields = ("username", "email", "full_name")
 
+    def clean_username(self):
+        super().clean_username()
+        return _clean_username(self)
+
 
 class AdminUserChangeForm(UserChangeForm):
     class Meta(UserChangeForm.Meta):
         model = User
         fields = "__all__"
+
+    def clean_username(self):
+        return _clean_username(self)
 
 
 class ApiKeyInline(admin.TabularInline):

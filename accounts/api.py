@@ -2,6 +2,7 @@
 
 from django.contrib.auth import logout as session_logout
 from django.contrib.auth.validators import UnicodeUsernameValidator
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -61,6 +62,16 @@ class LoginSerializer(serializers.Serializer):
         if not identifier:
             raise serializers.ValidationError({"username": "A username or email is required."})
         return {"identifier": identifier, "password": attrs["password"]}
+
+
+class LoginSchema(OpenApiSerializerExtension):
+    """In the schema, a username or an email is required: a rule of `validate`."""
+
+    target_class = LoginSerializer
+
+    def map_serializer(self, auto_schema, direction):
+        schema = auto_schema._map_basic_serializer(self.target, direction)
+        return {**schema, "anyOf": [{"required": ["username"]}, {"required": ["email"]}]}
 
 
 class TokenPairSerializer(serializers.Serializer):
@@ -190,7 +201,9 @@ class MeView(GenericAPIView):
         return Response(self.get_serializer(request.user).data)
 
 
-@extend_schema_view(list=extend_schema(responses={200: ApiKeySerializer(many=True), **errors(401)}))
+@extend_schema_view(
+    list=extend_schema(responses={200: ApiKeySerializer(many=True), **errors(400, 401)})
+)
 class ApiKeyViewSet(
     mixins.ListModelMixin,
     mixins.CreateModelMixin,
@@ -204,7 +217,11 @@ class ApiKeyViewSet(
     def get_queryset(self):
         return ApiKey.objects.for_user(self.request.user).not_revoked()
 
-    @extend_schema(responses={201: NewApiKeySerializer, **errors(400, 401)})
+    # JSON only in the schema: a form cannot carry the null that `expires_at` may be.
+    @extend_schema(
+        request={"application/json": ApiKeySerializer},
+        responses={201: NewApiKeySerializer, **errors(400, 401)},
+    )
     def create(self, request, *args, **kwargs):
         """Create a key. The response holds the whole key: the only time it is shown."""
         serializer = self.get_serializer(data=request.data)

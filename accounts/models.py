@@ -14,6 +14,16 @@ from django.utils import timezone
 
 from accounts.choices import ApiKeyStatus
 
+USERNAME_NOT_EMAIL = "A username may not contain '@': it would look like an email address."
+
+
+def username_refusal(username: str) -> str | None:
+    """Why `username` may not be taken, for the rule the field's own validator does not
+    hold: login accepts an email too, so a username that looks like one could shadow it."""
+    if "@" in username:
+        return USERNAME_NOT_EMAIL
+    return None
+
 
 class User(AbstractUser):
     """A person using AIMOS. `is_staff` makes an admin: they see everyone's objects."""

@@ -18,16 +18,19 @@ from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.tokens import RefreshToken, Token
 
-from accounts.models import ApiKey, User, parse_prefix
+from accounts.models import ApiKey, User, parse_prefix, username_refusal
 from core.errors import NotFound, ServiceError, Unauthenticated
 
 # --- Users ----------------------------------------------------------------------------------
 
 
 def check_registration(*, username: str, email: str, password: str, full_name: str = "") -> None:
-    """Refuse a taken username or email (case-insensitively) and a weak password."""
+    """Refuse a username that looks like an email, a taken username or email
+    (case-insensitively) and a weak password."""
     errors = []
-    if User.objects.filter(username__iexact=username).exists():
+    if why := username_refusal(username):
+        errors.append(("username", why))
+    elif User.objects.filter(username__iexact=username).exists():
         errors.append(("username", "A user with that username already exists."))
     if User.objects.filter(email__iexact=email).exists():
         errors.append(("email", "A user with that email already exists."))
@@ -85,8 +88,10 @@ def issue_tokens(user: User) -> TokenPair:
 
 
 def resolve_username(identifier: str) -> str:
-    """Login accepts a username or an email; the username wins when both could match."""
-    if "@" in identifier and not User.objects.filter(username=identifier).exists():
+    """Login accepts a username or an email. Usernames may not contain '@', so an identifier
+    with one is an email: it names the user whose email it is, never a username that happens
+    to be spelled the same (one registered before the rule cannot shadow anyone's email)."""
+    if "@" in identifier:
         match = User.objects.filter(email__iexact=identifier).values_list("username", flat=True)
         return match.first() or identifier
     return identifier

@@ -6,6 +6,7 @@ from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
     extend_schema,
+    extend_schema_field,
     extend_schema_view,
 )
 from rest_framework import serializers, status, viewsets
@@ -15,6 +16,7 @@ from rest_framework.response import Response
 
 from agents import services
 from agents.choices import AgentStatus, LogLevel, LogSource
+from agents.manifest import NAME_RE
 from agents.models import Agent, AgentLog, AgentVersion, clean_tags, validate_name
 from core.errors import NotFound, ServiceError
 from core.errors import error_responses as errors
@@ -22,18 +24,27 @@ from core.errors import error_responses as errors
 # --- Serializers ---------------------------------------------------------------------------------
 
 
+@extend_schema_field({"type": "string", "pattern": f"^{NAME_RE.pattern}$", "maxLength": 64})
+class AgentNameField(serializers.SlugField):
+    """An agent's name; in the schema, the rule `validate_name` checks."""
+
+
+@extend_schema_field({"type": "string", "pattern": r"^\s*[A-Za-z0-9][A-Za-z0-9_.-]{0,31}\s*$"})
+class TagField(serializers.CharField):
+    """A tag; in the schema, the rule `clean_tags` checks (after stripping and lowercasing)."""
+
+
 class AgentSerializer(serializers.ModelSerializer):
+    name = AgentNameField(max_length=64)
     user_id = serializers.UUIDField(source="owner_id", read_only=True)
-    current_version_id = serializers.UUIDField(read_only=True)
+    current_version_id = serializers.UUIDField(read_only=True, allow_null=True)
     current_version = serializers.SerializerMethodField()
     status = serializers.ChoiceField(
         choices=AgentStatus.choices,
         required=False,
         help_text="Only `archived` (archive) or another value on an archived agent (restore).",
     )
-    tags = serializers.ListField(
-        child=serializers.CharField(max_length=32), required=False, max_length=20
-    )
+    tags = serializers.ListField(child=TagField(max_length=32), required=False, max_length=20)
     total_executions = serializers.IntegerField(read_only=True)
     successful_executions = serializers.IntegerField(read_only=True)
     success_rate = serializers.FloatField(
@@ -72,6 +83,13 @@ class AgentSerializer(serializers.ModelSerializer):
 
     def validate_tags(self, value: list[str]) -> list[str]:
         return clean_tags(value)
+
+
+class NewAgentSerializer(AgentSerializer):
+    """What POST /agents takes: a new agent is a draft, so it has no `status` to set."""
+
+    class Meta(AgentSerializer.Meta):
+        fields = [name for name in AgentSerializer.Meta.fields if name != "status"]
 
 
 class AgentVersionSerializer(serializers.ModelSerializer):
@@ -129,7 +147,9 @@ VERSION_NUMBER = OpenApiParameter(
         ],
         responses={200: AgentSerializer(many=True), **errors(400, 401)},
     ),
-    create=extend_schema(responses={201: AgentSerializer, **errors(400, 401)}),
+    create=extend_schema(
+        request=NewAgentSerializer, responses={201: AgentSerializer, **errors(400, 401)}
+    ),
     retrieve=extend_schema(
         parameters=[AGENT_ID], responses={200: AgentSerializer, **errors(401, 404)}
     ),
@@ -192,7 +212,7 @@ class AgentViewSet(viewsets.ModelViewSet):
             OpenApiParameter("source", OpenApiTypes.STR, enum=[c for c, _ in LogSource.choices]),
             OpenApiParameter("level", OpenApiTypes.STR, enum=[c for c, _ in LogLevel.choices]),
         ],
-        responses={200: AgentLogSerializer(many=True), **errors(401, 404)},
+        responses={200: AgentLogSerializer(many=True), **errors(400, 401, 404)},
     )
     @action(detail=True, methods=["get"], serializer_class=AgentLogSerializer)
     def logs(self, request, pk=None):
@@ -225,7 +245,7 @@ class VersionViewSet(viewsets.GenericViewSet):
 
     @extend_schema(
         parameters=[AGENT_PK],
-        responses={200: AgentVersionSerializer(many=True), **errors(401, 404)},
+        responses={200: AgentVersionSerializer(many=True), **errors(400, 401, 404)},
     )
     def list(self, request, agent_pk=None):
         page = self.paginate_queryset(self.get_queryset())

@@ -11,6 +11,9 @@ guaranteed when it returns:
   symlink or under a file;
 * the member count, nesting depth and unpacked size are within the caps, and a gzip bomb or
   a flood of tiny members is stopped as soon as a cap is reached, reading in bounded memory;
+* no extended header (PAX `x`/`g`/`X`, GNU long name/link `L`/`K`) is over
+  `MAX_EXTENDED_HEADER_BYTES`: its size field is checked before tarfile reads it (tarfile
+  reads one whole into memory, so a small gzip could otherwise claim hundreds of MB);
 * setuid, setgid and sticky bits (and group/other write) are gone; ownership is not restored;
 * on any failure `dest` does not exist and no staging folder is left behind.
 """
@@ -44,6 +47,13 @@ MAX_COMPONENT_BYTES = 255
 # decompressed stream: a generous 4 KiB per allowed member, plus the end-of-archive blocks.
 HEADER_ALLOWANCE_PER_MEMBER = 4096
 HEADER_ALLOWANCE_FIXED = 64 * 1024
+# Largest extended header accepted (PAX records, GNU long names): a real one holds a name,
+# a link target and a few numbers, well under this.
+MAX_EXTENDED_HEADER_BYTES = 64 * 1024
+EXTENDED_TYPES = frozenset(
+    {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
+    | {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
+)
 
 
 class ArchiveError(ServiceError):
@@ -230,8 +240,8 @@ class _HashingReader:
 class _DecompressedReader:
     """The decompressed tar stream, capped so a bomb stops early whatever its headers say.
 
-    tarfile reads PAX headers and GNU long names whole into memory, so this cap (data cap
-    plus a header allowance per member) is also what bounds its memory.
+    tarfile reads PAX headers and GNU long names whole into memory: `_CappedTarInfo` caps
+    each, and this cap (data cap plus a header allowance per member) bounds their sum.
     """
 
     def __init__(self, raw: _HashingReader, limit: int):
@@ -254,6 +264,24 @@ class _DecompressedReader:
         return data
 
 
+class _CappedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses an extended header over `MAX_EXTENDED_HEADER_BYTES`.
+
+    `_proc_member` is where tarfile, having parsed one 512-byte header, reads what follows
+    it; an extended header's content is read there whole (`_proc_pax`, `_proc_gnulong`), so
+    its size field is checked first. Every header of the archive, those that follow an
+    extended header included, is made by this class (`fromtarfile` is called on it).
+    """
+
+    def _proc_member(self, tarfile):
+        if self.type in EXTENDED_TYPES and self.size > MAX_EXTENDED_HEADER_BYTES:
+            raise ArchiveError(
+                f"Archive rejected: an extended header (type {self.type.decode()!r}) of "
+                f"{self.size} bytes, over {MAX_EXTENDED_HEADER_BYTES}"
+            )
+        return super()._proc_member(tarfile)
+
+
 @contextmanager
 def _open_tar(
     source: BinaryIO | Path, start: int | None, caps: _Caps
@@ -266,7 +294,7 @@ def _open_tar(
         raw = _HashingReader(fileobj, caps.archive_bytes)
         stream = _DecompressedReader(raw, caps.stream_bytes)
         try:
-            tar = tarfile.open(fileobj=stream, mode="r|")
+            tar = tarfile.open(fileobj=stream, mode="r|", tarinfo=_CappedTarInfo)
         except tarfile.TarError:
             raise ArchiveError(NOT_A_TARGZ) from None
         try:

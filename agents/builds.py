@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 import traceback
+from collections import deque
 from datetime import timedelta
 
 from django.conf import settings
@@ -27,20 +28,41 @@ logger = logging.getLogger(__name__)
 
 class BuildLog:
     """Collects build output and writes it to the version row at most every half second,
-    so people can watch a build as it happens without a write per line."""
+    so people can watch a build as it happens without a write per line.
+
+    Only the last `max_bytes` (UTF-8) of the output are kept, so neither the worker's memory
+    nor the row grows with a build that prints without end: when earlier output was dropped,
+    the text starts with one marker line saying how much. U+0000 is kept as U+FFFD (a text
+    column cannot hold it)."""
 
     interval = 0.5
+    max_bytes = 1024 * 1024
 
     def __init__(self, version_id) -> None:
         self.version_id = version_id
-        self.lines: list[str] = []
+        self.lines: deque[tuple[str, int]] = deque()  # (line, its size with the newline)
+        self.size = 0
+        self.dropped_bytes = 0
+        self.dropped_lines = 0
         self.lock = threading.Lock()
         self.flushed_at = 0.0
         self.thread = threading.current_thread()
 
     def __call__(self, line: str) -> None:
+        line = line.rstrip("\n").replace("\x00", "\ufffd")
+        encoded = line.encode("utf-8", "replace")
+        if len(encoded) >= self.max_bytes:  # one line longer than the whole tail: its end
+            self.dropped_bytes += len(encoded) - (self.max_bytes - 1)
+            line = encoded[-(self.max_bytes - 1) :].decode("utf-8", "ignore")
+            encoded = line.encode()
         with self.lock:
-            self.lines.append(line.rstrip("\n"))
+            self.lines.append((line, len(encoded) + 1))
+            self.size += len(encoded) + 1
+            while self.size > self.max_bytes:
+                _, size = self.lines.popleft()
+                self.size -= size
+                self.dropped_bytes += size
+                self.dropped_lines += 1
         if time.monotonic() - self.flushed_at >= self.interval:
             self.flush()
 
@@ -56,7 +78,13 @@ class BuildLog:
     @property
     def text(self) -> str:
         with self.lock:
-            return "\n".join(self.lines)
+            tail = "\n".join(line for line, _ in self.lines)
+            if not self.dropped_bytes:
+                return tail
+            return (
+                f"[{self.dropped_bytes} bytes of earlier output ({self.dropped_lines} lines) "
+                f"dropped: only the last {self.max_bytes} bytes are kept]\n{tail}"
+            )
 
 
 def environment_of(version: AgentVersion) -> Environment:
@@ -135,7 +163,7 @@ def _finish_build(
                 metadata=version_meta(version),
             )
         else:
-            last = log_text.strip().splitlines()[-1] if log_text.strip() else "unknown reason"
+            last = log_text.strip().splitlines()[-1][:500] if log_text.strip() else "unknown reason"
             log(
                 version.agent,
                 f"Build of {version.label} failed: {last}",

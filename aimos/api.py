@@ -5,11 +5,13 @@ metrics. Health, queues, workers, host samples and Prometheus figures are the pl
 the same for everyone (Prometheus labels executions by agent id, never by name); the
 status's agent counts and last execution are the caller's own, everyone's for an admin.
 
-`/metrics` (top level, not in the schema) is for Prometheus: open unless
-AIMOS_METRICS_TOKEN is set, then it wants `Authorization: Bearer <token>`.
+`/metrics` (top level, not in the schema) is for Prometheus: with AIMOS_METRICS_TOKEN set it
+wants `Authorization: Bearer <token>`; without one it answers only loopback clients (the
+address the throttles see, honouring NUM_PROXIES) and staff signed in to the dashboard.
 """
 
 import hmac
+import ipaddress
 
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
@@ -20,6 +22,7 @@ from rest_framework import serializers
 from rest_framework.decorators import api_view
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from aimos import prometheus, system
@@ -163,10 +166,28 @@ class PrometheusMetricsView(APIView):
         return _metrics_response(request)
 
 
+def _from_loopback(request) -> bool:
+    """Whether the client is this host, by the address the throttles count it under."""
+    try:
+        return ipaddress.ip_address(BaseThrottle().get_ident(request).strip()).is_loopback
+    except ValueError:
+        return False
+
+
 @require_safe
 def metrics(request):
-    """The Prometheus scrape: open, or with `Authorization: Bearer <AIMOS_METRICS_TOKEN>`."""
+    """The Prometheus scrape: with `Authorization: Bearer <AIMOS_METRICS_TOKEN>`, or, with no
+    token configured, for loopback clients and staff only."""
     token = settings.AIMOS_METRICS_TOKEN
+    if not token:
+        user = getattr(request, "user", None)
+        if not (_from_loopback(request) or (user is not None and user.is_staff)):
+            return HttpResponse(
+                "Forbidden: /metrics answers loopback clients and staff only unless "
+                "AIMOS_METRICS_TOKEN is set.\n",
+                status=403,
+                content_type="text/plain; charset=utf-8",
+            )
     if token:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(

@@ -8,12 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from aimos import embedded_redis, sandbox_status
 from sandbox.base import Backend
 
 PYTHON = sys.executable
 RESTARTED = ("upkeep",)  # the others stop the platform when they exit
+GRACE_S = 15.0  # between SIGTERM and SIGKILL
+KILL_WAIT_S = 5.0
 
 
 def main() -> int:
@@ -97,22 +100,69 @@ def sandbox_notice(backend: Backend | None = None) -> str | None:
     return "\n".join(lines)
 
 
-def _terminate(children) -> None:
-    """Every process started here (and its process group) is gone when this returns."""
+def _terminate(children, grace: float = GRACE_S) -> None:
+    """Every process started here is gone when this returns: SIGTERM to each child, then after
+    `grace` seconds SIGKILL of every process still in its session (each child leads a session
+    of its own), so the pool's workers and their work horses (which take a process group of
+    their own), and a child stuck in a system call or ignoring SIGTERM, go too."""
+    children = list(children)
     for child in children:
         if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
+            try:
+                child.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
     for child in children:
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pass
+    for child in children:
+        _kill_session(child.pid)
+    for child in children:
         try:
-            os.killpg(child.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        child.wait()
+            child.wait(timeout=KILL_WAIT_S)
+        except subprocess.TimeoutExpired:  # in an uninterruptible call; SIGKILL is pending
+            print(f"process {child.pid} has not ended yet after SIGKILL", file=sys.stderr)
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL the process group `sid` and every process of the session `sid`; returns once
+    none is left (or after KILL_WAIT_S)."""
+    try:
+        os.killpg(sid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    deadline = time.monotonic() + KILL_WAIT_S
+    while True:
+        members = session_members(sid)
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if not members or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids of the live (not zombie) processes of the session `sid`."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            if os.getsid(pid) != sid:
+                continue
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            found.append(pid)
+    return found
 
 
 if __name__ == "__main__":

@@ -81,6 +81,8 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env.csv("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env.csv("CSRF_TRUSTED_ORIGINS")
+# Under /api/ a CSRF refusal is JSON like every other answer there.
+CSRF_FAILURE_VIEW = "core.errors.csrf_failure"
 CORS_ALLOWED_ORIGINS = env.csv("CORS_ORIGINS")
 CORS_EXPOSE_HEADERS = [
     "X-Total-Count",

@@ -4,7 +4,8 @@
 every AIMOS_MAINTENANCE_INTERVAL seconds: runs whose worker died end `lost` (or are queued
 again), builds stuck `building` fail, host metrics are sampled and the feed's metrics sent.
 A Redis key with a time to live lets one process of the whole platform make each pass,
-however many hosts run one; a worker dying changes nothing here.
+however many hosts run one; a worker dying changes nothing here. Sandboxes are a host's
+own, so each host's upkeep sweeps those of its dead workers at every pass.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from django.utils import timezone
 from agents.builds import fail_stale_builds
 from aimos import system
 from aimos.system import sample_for_maintenance
-from executions.recovery import sweep_lost_runs
+from executions.models import IdempotencyKey
+from executions.recovery import sweep_lost_runs, sweep_sandboxes
 from notifications import feed
 
 logger = logging.getLogger("aimos.upkeep")
@@ -33,6 +35,7 @@ LOCK_KEY = "aimos:upkeep:pass"
 def upkeep_pass() -> dict:
     """One pass of upkeep; what it did."""
     done = {"stale_builds": fail_stale_builds(), **sweep_lost_runs()}
+    done["idempotency_keys_pruned"] = IdempotencyKey.prune()
     done["metrics_sample"] = sample_for_maintenance()
     done["metrics_update"] = feed.broadcast_metrics_if_due(current_metrics)
     return done
@@ -62,6 +65,10 @@ def run(stop: threading.Event) -> None:
     while not stop.is_set():
         interval = settings.AIMOS_MAINTENANCE_INTERVAL
         try:
+            # Sandboxes are this host's: every host's upkeep sweeps its own, every pass.
+            swept = sweep_sandboxes()
+            if swept:
+                logger.info("upkeep: swept the sandboxes of dead workers: %s", swept)
             if take_turn(connection, interval):
                 done = upkeep_pass()
                 if any(done.values()):

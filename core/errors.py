@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, serializers, status
 
 logger = logging.getLogger("core.errors")
@@ -148,9 +149,21 @@ def is_api_path(path: str) -> bool:
     return path.startswith("/api/") or path == "/api"
 
 
+@csrf_exempt
 def api_not_found(request, *args, **kwargs):
-    """Unknown route under /api/: JSON 404 whatever DEBUG says."""
+    """Unknown route under /api/: JSON 404 whatever DEBUG says, whatever the method (it
+    changes nothing, so a POST without a CSRF token gets the same 404 as a GET)."""
     return JsonResponse(error_body("Not found.", "not_found"), status=404)
+
+
+def csrf_failure(request, reason=""):
+    """`CSRF_FAILURE_VIEW`: a JSON 403 under /api/, Django's page elsewhere."""
+    if is_api_path(request.path):
+        body = error_body(f"CSRF check failed: {reason}", "csrf_failed")
+        return JsonResponse(body, status=403)
+    from django.views.csrf import csrf_failure as html_csrf_failure
+
+    return html_csrf_failure(request, reason=reason)
 
 
 def page_not_found(request, exception=None):

@@ -9,6 +9,10 @@ from rest_framework.pagination import BasePagination
 from rest_framework.response import Response
 from rest_framework.utils.urls import remove_query_param, replace_query_param
 
+# The largest skip, offset or limit taken: beyond it a database's OFFSET/LIMIT overflows,
+# and no list is that long.
+MAX_VALUE = 2**31 - 1
+
 
 def _non_negative(request, name: str, default: int | None) -> int | None:
     value = request.query_params.get(name)
@@ -20,6 +24,8 @@ def _non_negative(request, name: str, default: int | None) -> int | None:
         raise ValidationError({name: "Must be an integer."}) from None
     if number < 0:
         raise ValidationError({name: "Must not be negative."})
+    if number > MAX_VALUE:
+        raise ValidationError({name: f"Must be at most {MAX_VALUE}."})
     return number
 
 
@@ -65,7 +71,7 @@ class LimitSkipPagination(BasePagination):
                 "required": False,
                 "in": "query",
                 "description": description,
-                "schema": {"type": "integer", "minimum": 0},
+                "schema": {"type": "integer", "minimum": 0, "maximum": MAX_VALUE},
             }
 
         return [

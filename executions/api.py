@@ -47,6 +47,9 @@ class ExecutionSerializer(serializers.ModelSerializer):
     events = serializers.IntegerField(
         source="last_seq", read_only=True, help_text="How many events the run has (its last seq)."
     )
+    error_type = serializers.ChoiceField(
+        choices=ErrorType.choices, allow_blank=True, read_only=True
+    )
 
     class Meta:
         model = Execution
@@ -350,7 +353,7 @@ class BatchSerializer(serializers.ModelSerializer):
 
 class ChatSerializer(serializers.Serializer):
     agent_id = serializers.CharField(help_text="The agent's id, or the name of one of your agents.")
-    message = serializers.JSONField(help_text="The run's input.")
+    message = serializers.JSONField(allow_null=True, help_text="The run's input.")
     stream = serializers.BooleanField(
         required=False,
         allow_null=True,
@@ -392,11 +395,48 @@ EXECUTION_ID = OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH)
 CHECKPOINT_ID = OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH)
 BATCH_ID = OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH)
 AGENT_PK = OpenApiParameter("agent_pk", OpenApiTypes.UUID, OpenApiParameter.PATH)
+IDEMPOTENCY_KEY = OpenApiParameter(
+    services.IDEMPOTENCY_KEY_HEADER,
+    {"type": "string", "pattern": "^[!-~]{1,255}$"},
+    OpenApiParameter.HEADER,
+    required=False,
+    description="Any unique string of up to 255 printable ASCII characters. A request "
+    "retried with the same key within 24 hours gets back what the first one started (same "
+    "id, `Idempotent-Replayed: true`), never a second run; the key reused for a different "
+    "request is a 409 `idempotency_key_reused`.",
+)
+
+
+def idempotency(view, request, data) -> "services.Idempotency | None":
+    """The request's `Idempotency-Key`, fingerprinted with the operation and what it asks
+    for (`wait` left out: how long to wait for the answer is not part of the request)."""
+    route = f"{type(view).__name__}.{view.action}:{sorted(view.kwargs.items())}"
+    asked = {name: value for name, value in data.items() if name != "wait"}
+    return services.Idempotency.of(
+        request.headers.get(services.IDEMPOTENCY_KEY_HEADER), route, asked
+    )
+
+
+def replayed(response: Response, again: bool) -> Response:
+    if again:
+        response["Idempotent-Replayed"] = "true"
+    return response
+
+
 LAST_EVENT_ID = OpenApiParameter(
     "Last-Event-ID", OpenApiTypes.INT, OpenApiParameter.HEADER, description="Same as `after`."
 )
 STREAM = OpenApiResponse(
-    OpenApiTypes.STR,
+    {
+        "type": "object",
+        "description": "One server-sent event (a frame of the stream).",
+        "properties": {
+            "id": {"type": "string"},
+            "event": {"type": "string"},
+            "data": {"type": "string"},
+            "retry": {"type": "integer"},
+        },
+    },
     description="Server-sent events: `id: <seq>`, `event: <type>`, `data: <JSON>`, "
     "ending after the run's terminal event.",
 )
@@ -441,21 +481,25 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
     waits_until_end = False
 
     def _start(self, request, agent, data) -> Response:
-        execution = services.start_execution(
+        execution, again = services.start_once(
             request.user,
-            agent,
-            input=data.get("input"),
-            timeout_seconds=data.get("timeout_seconds"),
-            version=data.get("version"),
+            idempotency(self, request, data),
+            lambda: services.start_execution(
+                request.user,
+                agent,
+                input=data.get("input"),
+                timeout_seconds=data.get("timeout_seconds"),
+                version=data.get("version"),
+            ),
         )
         execution = services.wait_for(execution, data.get("wait"), until_end=self.waits_until_end)
         code = status.HTTP_201_CREATED if execution.is_terminal else status.HTTP_202_ACCEPTED
-        return Response(self.get_serializer(execution).data, status=code)
+        return replayed(Response(self.get_serializer(execution).data, status=code), again)
 
     @extend_schema(
         operation_id="agents_execute",
-        parameters=[AGENT_PK],
-        request=RunRequestSerializer,
+        parameters=[AGENT_PK, IDEMPOTENCY_KEY],
+        request={"application/json": RunRequestSerializer},
         responses={**RUN_RESPONSES, **errors(400, 401, 404, 409)},
     )
     def run_agent(self, request, agent_pk=None):
@@ -466,7 +510,8 @@ class ExecutionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
         return self._start(request, agent, serializer.validated_data)
 
     @extend_schema(
-        request=ExecutionCreateSerializer,
+        parameters=[IDEMPOTENCY_KEY],
+        request={"application/json": ExecutionCreateSerializer},
         responses={**RUN_RESPONSES, **errors(400, 401, 404, 409)},
     )
     def create(self, request):
@@ -590,7 +635,7 @@ class CheckpointViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
 
     @extend_schema(
         parameters=[CHECKPOINT_ID],
-        request=RestoreSerializer,
+        request={"application/json": RestoreSerializer},
         responses={201: ExecutionSerializer, **errors(400, 401, 404, 409)},
     )
     @action(detail=True, methods=["post"])
@@ -608,7 +653,7 @@ class CheckpointViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
 
     @extend_schema(
         parameters=[CHECKPOINT_ID],
-        request=ForkSerializer,
+        request={"application/json": ForkSerializer},
         responses={201: ExecutionSerializer, **errors(400, 401, 404, 409)},
     )
     @action(detail=True, methods=["post"])
@@ -645,7 +690,8 @@ class BatchViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
 
     @extend_schema(
         operation_id="execute_batch",
-        request=BatchRequestSerializer,
+        parameters=[IDEMPOTENCY_KEY],
+        request={"application/json": BatchRequestSerializer},
         responses={202: BatchStartedSerializer, **errors(400, 401, 404, 409)},
     )
     def start(self, request):
@@ -653,8 +699,14 @@ class BatchViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         once or one after another. Follow it with `GET batches/{execution_id}`."""
         serializer = BatchRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        batch = services.start_batch(request.user, **serializer.validated_data)
-        return Response(BatchStartedSerializer(batch).data, status=status.HTTP_202_ACCEPTED)
+        data = serializer.validated_data
+        batch, again = services.start_once(
+            request.user,
+            idempotency(self, request, data),
+            lambda: services.start_batch(request.user, **data),
+        )
+        response = Response(BatchStartedSerializer(batch).data, status=status.HTTP_202_ACCEPTED)
+        return replayed(response, again)
 
 
 class ChatViewSet(viewsets.GenericViewSet):
@@ -667,7 +719,7 @@ class ChatViewSet(viewsets.GenericViewSet):
 
     @extend_schema(
         operation_id="chat",
-        request=ChatSerializer,
+        request={"application/json": ChatSerializer},
         responses={
             (200, "application/json"): OpenApiResponse(
                 ChatResponseSerializer, description="The run ended."

@@ -8,7 +8,7 @@ from rest_framework.response import Response
 
 from agents import services as agents
 from executions import control, services
-from executions.api import ExecutionSerializer, ExecutionViewSet
+from executions.api import ExecutionSerializer, ExecutionViewSet, idempotency, replayed
 from executions.choices import ExecutionStatus
 from executions.models import Execution, ExecutionEvent
 
@@ -105,10 +105,14 @@ class WorkflowViewSet(viewsets.GenericViewSet):
             agent = agents.find_agent(request.user, data["agent_id"])
         else:
             agent = agents.latest_ready_agent(request.user)
-        execution = services.start_execution(
-            request.user, agent, input={"query": data["query"], "model": data.get("model")}
+        execution, again = services.start_once(
+            request.user,
+            idempotency(self, request, data),
+            lambda: services.start_execution(
+                request.user, agent, input={"query": data["query"], "model": data.get("model")}
+            ),
         )
-        return Response(WorkflowStartedSerializer(execution).data)
+        return replayed(Response(WorkflowStartedSerializer(execution).data), again)
 
     def workflow_status(self, request, pk=None):
         return Response(self.get_serializer(self.get_object()).data)

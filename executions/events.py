@@ -16,13 +16,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from executions.choices import TERMINAL_EVENTS
-from executions.models import Checkpoint, Execution, ExecutionEvent
+from executions.models import Checkpoint, Execution, ExecutionEvent, text_column
 
 logger = logging.getLogger(__name__)
 
 TERMINAL_TYPES = frozenset(TERMINAL_EVENTS.values())
 # Events read from the log per query while replaying.
 REPLAY_CHUNK = 1000
+LABEL_LENGTH = Checkpoint._meta.get_field("label").max_length
 
 
 def group_name(execution_id) -> str:
@@ -30,17 +31,23 @@ def group_name(execution_id) -> str:
     return f"execution.{execution_id}"
 
 
-def record_events(execution_id, items: list[tuple[str, dict]]) -> list[ExecutionEvent]:
+def record_events(
+    execution_id, items: list[tuple[str, dict]], *, attempt: int | None = None
+) -> list[ExecutionEvent]:
     """Append events to the execution's log, numbered `last_seq + 1 …` without gaps, in one
-    transaction (checkpoints stored alongside); they are published once it commits."""
+    transaction (checkpoints stored alongside); they are published once it commits. Any JSON
+    data is stored intact, U+0000 included (`executions.models.RunJSONField`)."""
     if not items:
         return []
     with transaction.atomic():
-        execution = (
-            Execution.objects.select_for_update()
-            .only("id", "user_id", "last_seq")
-            .get(pk=execution_id)
-        )
+        locked = Execution.objects.select_for_update().only("id", "user_id", "last_seq")
+        if attempt is not None:
+            # Fenced: a worker whose attempt was superseded writes nothing.
+            execution = locked.filter(pk=execution_id, attempt=attempt).first()
+            if execution is None:
+                return []
+        else:
+            execution = locked.get(pk=execution_id)
         seq = execution.last_seq
         now = timezone.now()
         rows, checkpoints = [], []
@@ -50,7 +57,8 @@ def record_events(execution_id, items: list[tuple[str, dict]]) -> list[Execution
                 checkpoint = Checkpoint(
                     execution_id=execution.pk,
                     seq=seq,
-                    label=str(data.get("label") or ""),
+                    # a text column: no U+0000, at most its length
+                    label=text_column(str(data.get("label") or ""))[:LABEL_LENGTH],
                     state=data.get("state"),
                 )
                 checkpoints.append(checkpoint)

@@ -1,5 +1,13 @@
-"""Executions (runs of an agent version), their event log, checkpoints and batches."""
+"""Executions (runs of an agent version), their event log, checkpoints and batches.
 
+JSON that runs carry (inputs, states, outputs, event data) is stored intact, U+0000
+included, although PostgreSQL's jsonb cannot hold that character: `RunJSONField` escapes it
+reversibly on the way in and restores it on the way out (see `escape_nul`). Text columns
+(`error_message`, a checkpoint's `label`) hold U+0000 as U+FFFD instead (`text_column`).
+"""
+
+import json
+import re
 import uuid
 from datetime import timedelta
 
@@ -10,6 +18,83 @@ from django.utils import timezone
 
 from core.owned import OwnedQuerySet
 from executions.choices import Control, ErrorType, ExecutionStatus
+
+# U+0000 is stored as MARK + "0" and MARK itself as MARK + MARK. MARK is a private-use
+# character, so ordinary data is stored as it is and stays searchable with jsonb lookups.
+MARK = "\ue000"
+_ESCAPED = re.compile(MARK + "([" + MARK + "0])")
+
+
+def _escape_text(text: str) -> str:
+    return text.replace(MARK, MARK + MARK).replace("\x00", MARK + "0")
+
+
+def _unescape_text(text: str) -> str:
+    return _ESCAPED.sub(lambda m: "\x00" if m.group(1) == "0" else MARK, text)
+
+
+def _walk(value, text):
+    if isinstance(value, str):
+        return text(value)
+    if isinstance(value, dict):
+        return {text(k) if isinstance(k, str) else k: _walk(v, text) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_walk(v, text) for v in value]
+    return value
+
+
+def escape_nul(value):
+    """`value` with U+0000 (and MARK) escaped in every string and key; `unescape_nul` undoes it."""
+    return _walk(value, _escape_text)
+
+
+def unescape_nul(value):
+    return _walk(value, _unescape_text)
+
+
+def text_column(text: str) -> str:
+    """`text` as a PostgreSQL text column can hold it: U+0000 becomes U+FFFD."""
+    return text.replace("\x00", "\ufffd")
+
+
+class RunJSONEncoder(json.JSONEncoder):
+    """Encodes as `json` does, with U+0000 escaped (values without it or MARK are untouched)."""
+
+    def encode(self, o) -> str:
+        encoded = super().encode(o)
+        if any(s in encoded for s in ("\\u0000", "\x00", "\\ue000", MARK)):
+            # the cheap test above may also match an escaped backslash; escaping is exact
+            encoded = super().encode(escape_nul(o))
+        return encoded
+
+
+class RunJSONDecoder(json.JSONDecoder):
+    """Decodes what `RunJSONEncoder` wrote, U+0000 restored."""
+
+    def decode(self, s, *args, **kwargs):
+        value = super().decode(s, *args, **kwargs)
+        if MARK in s or "\\ue000" in s:
+            value = unescape_nul(value)
+        return value
+
+
+class RunJSONField(models.JSONField):
+    """A jsonb column that stores any JSON value, U+0000 included (module docstring).
+
+    The encoding is a matter of Python alone (the column is a plain jsonb), so migrations see a
+    plain JSONField: no migration pins these classes, and a historical model reads the raw form.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("encoder", RunJSONEncoder)
+        kwargs.setdefault("decoder", RunJSONDecoder)
+        super().__init__(*args, **kwargs)
+
+    def deconstruct(self):
+        name, _path, args, kwargs = super().deconstruct()
+        kwargs.pop("encoder", None)
+        kwargs.pop("decoder", None)
+        return name, "django.db.models.JSONField", args, kwargs
 
 
 class Batch(models.Model):
@@ -22,7 +107,7 @@ class Batch(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="batches"
     )
     parallel = models.BooleanField(default=True)
-    input = models.JSONField(null=True, blank=True)
+    input = RunJSONField(null=True, blank=True)
     timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -100,10 +185,10 @@ class Execution(models.Model):
     error_type = models.CharField(max_length=16, choices=ErrorType.choices, blank=True)
     control = models.CharField(max_length=8, choices=Control.choices, blank=True, default="")
 
-    input = models.JSONField(null=True, blank=True)
-    initial_state = models.JSONField(null=True, blank=True)
+    input = RunJSONField(null=True, blank=True)
+    initial_state = RunJSONField(null=True, blank=True)
     env = models.JSONField(default=dict, blank=True)
-    output = models.JSONField(null=True, blank=True)
+    output = RunJSONField(null=True, blank=True)
     error_message = models.TextField(blank=True)
     timeout_seconds = models.PositiveIntegerField()
 
@@ -141,8 +226,14 @@ class Execution(models.Model):
     # --- transitions (each changes the row only from the states it names) -------------------
 
     @classmethod
-    def _move(cls, pk, from_states, **changes) -> bool:
-        return cls.objects.filter(pk=pk, status__in=from_states).update(**changes) == 1
+    def _move(cls, pk, from_states, *, fence: int | None = None, **changes) -> bool:
+        """A conditional update from `from_states`; with `fence` (an attempt number), only
+        while the run is still that attempt (a worker that lost its lease to another attempt
+        changes nothing)."""
+        rows = cls.objects.filter(pk=pk, status__in=from_states)
+        if fence is not None:
+            rows = rows.filter(attempt=fence)
+        return rows.update(**changes) == 1
 
     @classmethod
     def claim(cls, pk, *, worker: str, lease_seconds: int) -> bool:
@@ -160,30 +251,42 @@ class Execution(models.Model):
         )
 
     @classmethod
-    def renew_lease(cls, pk, *, lease_seconds: int) -> bool:
+    def renew_lease(cls, pk, *, lease_seconds: int, attempt: int | None = None) -> bool:
         expires = timezone.now() + timedelta(seconds=lease_seconds)
         return cls._move(
-            pk, [ExecutionStatus.RUNNING, ExecutionStatus.PAUSED], lease_expires_at=expires
+            pk,
+            [ExecutionStatus.RUNNING, ExecutionStatus.PAUSED],
+            fence=attempt,
+            lease_expires_at=expires,
         )
 
     @classmethod
-    def mark_sandbox_started(cls, pk) -> None:
-        cls.objects.filter(pk=pk).update(sandbox_started=True)
+    def mark_sandbox_started(cls, pk, *, attempt: int | None = None) -> bool:
+        rows = cls.objects.filter(pk=pk)
+        if attempt is not None:
+            rows = rows.filter(attempt=attempt)
+        return rows.update(sandbox_started=True) == 1
 
     @classmethod
-    def mark_paused(cls, pk) -> bool:
+    def mark_paused(cls, pk, *, attempt: int | None = None) -> bool:
         return cls._move(
             pk,
             [ExecutionStatus.RUNNING],
+            fence=attempt,
             status=ExecutionStatus.PAUSED,
             paused_at=timezone.now(),
             control="",
         )
 
     @classmethod
-    def mark_resumed(cls, pk) -> bool:
+    def mark_resumed(cls, pk, *, attempt: int | None = None) -> bool:
         return cls._move(
-            pk, [ExecutionStatus.PAUSED], status=ExecutionStatus.RUNNING, paused_at=None, control=""
+            pk,
+            [ExecutionStatus.PAUSED],
+            fence=attempt,
+            status=ExecutionStatus.RUNNING,
+            paused_at=None,
+            control="",
         )
 
     @classmethod
@@ -221,13 +324,16 @@ class Execution(models.Model):
         duration_ms: int | None = None,
         peak_memory_mb: float | None = None,
         cpu_ms: int | None = None,
+        attempt: int | None = None,
     ) -> bool:
-        """Move an active execution to the terminal `status`; False when it had ended already."""
+        """Move an active execution to the terminal `status`; False when it had ended already
+        (or, with `attempt`, when another attempt holds it now)."""
         if status not in ExecutionStatus.terminal():
             raise ValueError(f"{status} is not a terminal status")
         return cls._move(
             pk,
             from_states or ExecutionStatus.active(),
+            fence=attempt,
             status=status,
             output=output,
             error_message=error_message,
@@ -248,7 +354,7 @@ class ExecutionEvent(models.Model):
     execution = models.ForeignKey(Execution, on_delete=models.CASCADE, related_name="events")
     seq = models.PositiveIntegerField()
     type = models.CharField(max_length=64)
-    data = models.JSONField(default=dict)
+    data = RunJSONField(default=dict)
     timestamp = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -282,7 +388,7 @@ class Checkpoint(models.Model):
     execution = models.ForeignKey(Execution, on_delete=models.CASCADE, related_name="checkpoints")
     seq = models.PositiveIntegerField()
     label = models.CharField(max_length=200, blank=True)
-    state = models.JSONField(null=True)
+    state = RunJSONField(null=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = OwnedQuerySet.as_manager()
@@ -292,3 +398,42 @@ class Checkpoint(models.Model):
 
     def __str__(self) -> str:
         return self.label or f"checkpoint {self.seq}"
+
+
+class IdempotencyKey(models.Model):
+    """An `Idempotency-Key` a user sent with a request that starts runs, kept for
+    `IDEMPOTENCY_TTL`: the same key again gives back what the first request started (an
+    execution or a batch), never a second run. `request_hash` tells a retry of the same
+    request from another request that reused the key. One row per (user, key): of two
+    concurrent requests with one key, one inserts it and the other waits, then finds it."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="idempotency_keys"
+    )
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    execution = models.ForeignKey(
+        Execution, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    batch = models.ForeignKey(
+        Batch, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "key"], name="idempotency_key_unique_per_user")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.key}"
+
+    @classmethod
+    def prune(cls, *, now=None) -> int:
+        """Forget keys older than `IDEMPOTENCY_TTL`; how many were deleted."""
+        cutoff = (now or timezone.now()) - IDEMPOTENCY_TTL
+        deleted, _ = cls.objects.filter(created_at__lt=cutoff).delete()
+        return deleted
+
+
+IDEMPOTENCY_TTL = timedelta(hours=24)

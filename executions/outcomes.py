@@ -1,10 +1,18 @@
 """How a run ends: `finish` writes the terminal status and its terminal event in one
 transaction, notes the outcome in the agent's log and tells the user's feed (and, from the
 last run of a batch to end, the batch's end). Used by the worker, run control, the failure
-callback of the run job and the lost-run sweep alike."""
+callback of the run job and the lost-run sweep alike.
+
+What a user reads in `error_message` is the agent's own error or the platform's plain
+account of the end (timed out, cancelled, lost…). A `sandbox_error` is the platform's
+failure, and its text (a database message, a traceback of our code, a launcher's stderr) is
+logged here, never shown: the user reads `SANDBOX_ERROR_MESSAGE`. U+0000 in an error text is
+kept in the terminal event's data and becomes U+FFFD in the `error_message` column.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.db import transaction
@@ -12,10 +20,17 @@ from django.db import transaction
 from agents.activity import log
 from agents.choices import LogLevel, LogSource
 from executions.batches import batch_summary
-from executions.choices import TERMINAL_EVENTS, ExecutionStatus
+from executions.choices import TERMINAL_EVENTS, ErrorType, ExecutionStatus
 from executions.events import record_events
-from executions.models import Batch, Execution
+from executions.models import Batch, Execution, text_column
 from notifications import feed
+
+logger = logging.getLogger(__name__)
+
+SANDBOX_ERROR_MESSAGE = (
+    "The platform could not complete this run (a sandbox error, not the agent's fault); "
+    "the details are in the server's log."
+)
 
 
 def finish(
@@ -29,20 +44,26 @@ def finish(
     duration_ms: int | None = None,
     peak_memory_mb: float | None = None,
     cpu_ms: int | None = None,
+    attempt: int | None = None,
 ) -> bool:
     """End the execution with `status` and its terminal event, atomically. False (and no
-    event) when the execution had already ended."""
+    event) when the execution had already ended, or, with `attempt`, when another attempt
+    holds it now."""
+    if error_type == ErrorType.SANDBOX_ERROR and status != ExecutionStatus.COMPLETED:
+        logger.error("execution %s ended with a sandbox error: %s", execution.pk, reason)
+        reason = SANDBOX_ERROR_MESSAGE
     with transaction.atomic():
         ended = Execution.finish(
             execution.pk,
             status,
             from_states=from_states,
             output=output,
-            error_message=reason if status != ExecutionStatus.COMPLETED else "",
+            error_message=text_column(reason) if status != ExecutionStatus.COMPLETED else "",
             error_type=error_type,
             duration_ms=duration_ms,
             peak_memory_mb=peak_memory_mb,
             cpu_ms=cpu_ms,
+            attempt=attempt,
         )
         if not ended:
             return False
@@ -61,7 +82,7 @@ def finish(
             data = {"error": reason, "error_type": error_type}
         else:
             data = {"reason": reason}
-        record_events(execution.pk, [(TERMINAL_EVENTS[status], data)])
+        record_events(execution.pk, [(TERMINAL_EVENTS[status], data)], attempt=attempt)
         _log_outcome(execution, status, reason, error_type)
         _notify_finished(execution, status, duration_ms)
     return True
@@ -107,7 +128,8 @@ def _notify_finished(execution: Execution, status: str, duration_ms: int | None)
 
 def _log_outcome(execution: Execution, status: str, reason: str, error_type: str) -> None:
     short = str(execution.pk)[:8]
-    message = f"Execution {short} {status}" + (f": {reason.splitlines()[0]}" if reason else "")
+    first_line = text_column(reason).splitlines()[0] if reason.strip() else ""
+    message = f"Execution {short} {status}" + (f": {first_line}" if first_line else "")
     log(
         execution.agent,
         message[:500],

@@ -81,6 +81,16 @@ def _requeue_vanished_jobs() -> int:
     return count
 
 
+def sweep_sandboxes() -> int:
+    """Kill and delete the sandboxes of this host's dead workers (the configured backend's
+    `sweep()`); how many runs were swept. A backend this host cannot run sweeps nothing."""
+    try:
+        return len(get_backend(config=sandbox_config()).sweep())
+    except Exception:  # noqa: BLE001 — the next pass tries again
+        logger.exception("could not sweep the sandboxes of dead workers")
+        return 0
+
+
 def _kill_orphan(execution: Execution) -> None:
     """Make sure nothing of a lost run goes on in its sandbox."""
     try:

@@ -9,11 +9,16 @@ batches as read (`batches`) and lost runs (`recovery`).
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
+from django.utils import timezone
 from rq.job import Dependency
 
 from agents.choices import AgentStatus, VersionStatus
@@ -22,9 +27,11 @@ from agents.services import access_version
 from core.errors import Conflict, NotFound, ServiceError
 from executions.control import await_change
 from executions.jobs import enqueue_run
-from executions.models import Batch, Checkpoint, Execution
+from executions.models import IDEMPOTENCY_TTL, Batch, Checkpoint, Execution, IdempotencyKey
 from notifications import feed
 from sandbox.limits import DEFAULTS
+
+T = TypeVar("T")
 
 # A run waits in the queue and starts its sandbox before its own timeout starts counting.
 START_SLACK_SECONDS = 10
@@ -116,6 +123,80 @@ def start_execution(
             },
         )
     return execution
+
+
+# --- Idempotency -------------------------------------------------------------------------------
+
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_KEY_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """An `Idempotency-Key` and the fingerprint of the request that carried it."""
+
+    key: str
+    request_hash: str
+
+    @classmethod
+    def of(cls, key: str | None, route: str, data: Any) -> Idempotency | None:
+        """None without a key; a 400 naming the header for a key that is empty, too long or
+        not printable ASCII."""
+        if key is None:
+            return None
+        key = key.strip()
+        if (
+            not key
+            or len(key) > IDEMPOTENCY_KEY_LENGTH
+            or not key.isascii()
+            or not key.isprintable()
+        ):
+            raise ServiceError.invalid(
+                IDEMPOTENCY_KEY_HEADER,
+                f"Must be 1 to {IDEMPOTENCY_KEY_LENGTH} printable ASCII characters.",
+            )
+        canonical = json.dumps([route, data], sort_keys=True, default=str, separators=(",", ":"))
+        return cls(key, hashlib.sha256(canonical.encode()).hexdigest())
+
+
+def start_once(user, idempotency: Idempotency | None, start: Callable[[], T]) -> tuple[T, bool]:
+    """What `start()` makes (an Execution or a Batch) and whether it was made by an earlier
+    request with the same key (True: nothing was started now).
+
+    The key's row and what `start()` writes commit together, so a key never names a run that
+    does not exist. Of two concurrent requests with one key, PostgreSQL holds the second
+    insert until the first commits, then the second finds the first's row: one run. A key
+    used within `IDEMPOTENCY_TTL` for a different request is a 409."""
+    if idempotency is None:
+        return start(), False
+    cutoff = timezone.now() - IDEMPOTENCY_TTL
+    with transaction.atomic():
+        IdempotencyKey.objects.filter(
+            user=user, key=idempotency.key, created_at__lt=cutoff
+        ).delete()
+        try:
+            with transaction.atomic():
+                record = IdempotencyKey.objects.create(
+                    user=user, key=idempotency.key, request_hash=idempotency.request_hash
+                )
+        except IntegrityError:
+            earlier = IdempotencyKey.objects.select_related("execution", "batch").get(
+                user=user, key=idempotency.key
+            )
+            if earlier.request_hash != idempotency.request_hash:
+                raise Conflict(
+                    "This Idempotency-Key was already used for a different request; "
+                    "use a new key for a new request.",
+                    code="idempotency_key_reused",
+                ) from None
+            return (earlier.execution or earlier.batch), True
+        made = start()
+        if isinstance(made, Batch):
+            record.batch = made
+        else:
+            record.execution = made
+        record.save(update_fields=["batch", "execution"])
+    return made, False
 
 
 # --- Waiting for the end -----------------------------------------------------------------------

@@ -48,8 +48,9 @@ class EventBuffer:
     """Events on their way to the database: deltas are written in batches (one write per
     batch), anything else at once, in order."""
 
-    def __init__(self, execution_id) -> None:
+    def __init__(self, execution_id, attempt: int | None = None) -> None:
         self.execution_id = execution_id
+        self.attempt = attempt
         self.pending: list[tuple[str, dict]] = []
         self.lock = threading.Lock()
         self.first_pending_at = 0.0
@@ -79,7 +80,7 @@ class EventBuffer:
     def _write(self) -> None:
         if self.pending:
             items, self.pending = self.pending, []
-            record_events(self.execution_id, items)
+            record_events(self.execution_id, items, attempt=self.attempt)
 
 
 class Supervisor:
@@ -90,6 +91,7 @@ class Supervisor:
         self.stop = threading.Event()
         self.paused_too_long = False
         self.paused_since: float | None = None
+        self.attempt: int | None = None
 
     # --- the job -----------------------------------------------------------------------------
 
@@ -100,6 +102,9 @@ class Supervisor:
         if not Execution.claim(self.execution_id, worker=worker_name(), lease_seconds=lease):
             return None
         execution = Execution.objects.select_related("agent", "version").get(pk=self.execution_id)
+        # Every write of this worker is fenced by the attempt it claimed: once the lease is lost
+        # and another attempt holds the run, nothing of this one reaches the record.
+        self.attempt = self.buffer.attempt = execution.attempt
         self.buffer.add(
             "run_started",
             {
@@ -117,9 +122,10 @@ class Supervisor:
                 ExecutionStatus.FAILED,
                 reason=f"The sandbox could not start the run: {exc}",
                 error_type=ErrorType.SANDBOX_ERROR,
+                attempt=self.attempt,
             )
             return ExecutionStatus.FAILED
-        Execution.mark_sandbox_started(execution.pk)
+        Execution.mark_sandbox_started(execution.pk, attempt=self.attempt)
         control = threading.Thread(
             target=self._control_loop, name=f"control-{execution.pk}", daemon=True
         )
@@ -179,6 +185,7 @@ class Supervisor:
             duration_ms=outcome.duration_ms,
             peak_memory_mb=outcome.peak_memory_mb,
             cpu_ms=outcome.cpu_ms,
+            attempt=self.attempt,
         )
         return status
 
@@ -196,7 +203,14 @@ class Supervisor:
                     self._apply(message)
                 self.buffer.flush_if_due()
                 if time.monotonic() - renewed >= renew_every:
-                    Execution.renew_lease(self.execution_id, lease_seconds=lease)
+                    if not Execution.renew_lease(
+                        self.execution_id, lease_seconds=lease, attempt=self.attempt
+                    ):
+                        # The lease is lost (the run was declared lost or another attempt
+                        # took it): this attempt stops, and its writes are fenced off.
+                        logger.warning("execution %s: lease lost, killing", self.execution_id)
+                        self.run.kill()
+                        return
                     renewed = time.monotonic()
                 if (
                     self.paused_since is not None
@@ -217,13 +231,13 @@ class Supervisor:
         elif control == Control.PAUSE and self.paused_since is None:
             self.buffer.flush()
             self.run.pause()
-            if Execution.mark_paused(self.execution_id):
+            if Execution.mark_paused(self.execution_id, attempt=self.attempt):
                 self.paused_since = time.monotonic()
                 self.buffer.add("run_paused", {})
             else:
                 self.run.resume()
         elif control == Control.RESUME and self.paused_since is not None:
             self.run.resume()
-            if Execution.mark_resumed(self.execution_id):
+            if Execution.mark_resumed(self.execution_id, attempt=self.attempt):
                 self.paused_since = None
                 self.buffer.add("run_resumed", {})

@@ -19,7 +19,8 @@ from notifications.models import Webhook, WebhookDelivery
 class WebhookSerializer(serializers.ModelSerializer):
     url = serializers.URLField(max_length=2000)
     events = serializers.ListField(
-        child=serializers.CharField(max_length=64),
+        child=serializers.ChoiceField(choices=[*services.EVENTS, "*"]),
+        min_length=1,
         help_text=f'Event names ({", ".join(services.EVENTS)}) or ["*"].',
     )
 
@@ -62,7 +63,7 @@ DELIVERY_ID = OpenApiParameter("delivery_id", OpenApiTypes.STR, OpenApiParameter
 
 
 @extend_schema_view(
-    list=extend_schema(responses={200: WebhookSerializer(many=True), **errors(401)}),
+    list=extend_schema(responses={200: WebhookSerializer(many=True), **errors(400, 401)}),
     retrieve=extend_schema(
         parameters=[WEBHOOK_ID], responses={200: WebhookSerializer, **errors(401, 404)}
     ),
@@ -111,7 +112,8 @@ class WebhookViewSet(
         )
 
     @extend_schema(
-        parameters=[WEBHOOK_ID], responses={200: DeliverySerializer(many=True), **errors(401, 404)}
+        parameters=[WEBHOOK_ID],
+        responses={200: DeliverySerializer(many=True), **errors(400, 401, 404)},
     )
     @action(detail=True, methods=["get"], serializer_class=DeliverySerializer)
     def deliveries(self, request, pk=None):

@@ -1,10 +1,15 @@
 """The SSRF guard: which destinations a webhook delivery may reach.
 
 URLs whose host resolves to loopback, private, link-local, unique-local, unspecified,
-multicast or reserved addresses (IPv4 and IPv6, IPv4-mapped, decimal-encoded IPs and names
-that resolve to them) are refused, at registration and again at each delivery; the request
-then goes to the address that was checked (never re-resolved, see `delivery.post`).
-`AIMOS_WEBHOOK_ALLOW_PRIVATE=1` lifts the rule for local development.
+multicast or reserved addresses (IPv4 and IPv6, IPv4-mapped and -compatible, 6to4, NAT64,
+Teredo, decimal-encoded IPs and names that resolve to them) are refused, at registration and
+again at each delivery; the request then goes to the address that was checked (never
+re-resolved, see `delivery.post`). `AIMOS_WEBHOOK_ALLOW_PRIVATE=1` lifts the rule for local
+development, except for link-local and cloud metadata addresses (169.254.0.0/16, fe80::/10,
+fd00:ec2::254, 100.100.100.200) and tunnelled forms (6to4, NAT64, Teredo) of non-public IPv4
+addresses, which stay refused always.
+
+Which addresses are public is `sandbox.egress.refusal`'s rule, the one the sandboxes follow.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from django.conf import settings
+
+from sandbox.egress import embedded_ipv4
+from sandbox.egress import refusal as non_public
 
 
 class UnsafeURL(ValueError):
@@ -32,19 +40,34 @@ class Target:
     address: str
 
 
-def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return not (
-        address.is_loopback
-        or address.is_private
-        or address.is_link_local
-        or address.is_unspecified
-        or address.is_multicast
-        or address.is_reserved
-        or (isinstance(address, ipaddress.IPv6Address) and address.is_site_local)
-        or not address.is_global
-    )
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Never reachable, even with AIMOS_WEBHOOK_ALLOW_PRIVATE: instance metadata services.
+_METADATA = (
+    ipaddress.ip_network("169.254.0.0/16"),
+    ipaddress.ip_network("fe80::/10"),
+    ipaddress.ip_network("fd00:ec2::254/128"),
+    ipaddress.ip_network("100.100.100.200/32"),
+)
+
+
+def refusal(address: Address, *, allow_private: bool) -> str | None:
+    """Why a webhook may not go to `address`, or None when it may. What is public is decided
+    by `sandbox.egress.refusal`, the rule the sandboxes' egress proxy follows."""
+    if non_public(address) is None:
+        return None
+    if not allow_private:
+        return f"The host resolves to a non-public address ({address})"
+    inner = embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else None
+    if any(c is not None and c in net for c in (address, inner) for net in _METADATA):
+        return f"{address} is a link-local or cloud metadata address"
+    if (
+        isinstance(address, ipaddress.IPv6Address)
+        and address.ipv4_mapped is None
+        and (inner is not None or address.teredo is not None)
+    ):
+        return f"{address} carries the non-public address {inner or address.teredo[1]}"
+    return None
 
 
 def check_url(url: str, *, allow_private: bool | None = None) -> Target:
@@ -65,10 +88,10 @@ def check_url(url: str, *, allow_private: bool | None = None) -> Target:
     except (socket.gaierror, UnicodeError):
         raise UnsafeURL(f"The host {parts.hostname!r} does not resolve") from None
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
-    if not allow_private:
-        for address in addresses:
-            if not _is_public(address):
-                raise UnsafeURL(f"The host resolves to a non-public address ({address})")
+    for address in addresses:
+        why = refusal(address, allow_private=allow_private)
+        if why:
+            raise UnsafeURL(why)
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query

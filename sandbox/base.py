@@ -174,6 +174,12 @@ class Backend(abc.ABC):
         Backends whose sandboxes die with the process that started them need do nothing."""
         return None
 
+    def sweep(self) -> list[str]:
+        """Kill and delete what is left of the runs of this host whose worker died (processes,
+        cgroups, containers, egress sockets); runs of live workers are left alone. Returns the
+        ids of the runs swept. Called by every upkeep pass."""
+        return []
+
     @abc.abstractmethod
     def remove(self, env: Environment) -> None:
         """Delete what `prepare` made for this environment."""

@@ -18,13 +18,17 @@ open-file and file-size limits and no log driver; the runner reads its request o
 (attached, then half-closed) and speaks the protocol on stdout (demultiplexed from stderr).
 Pause and resume are `docker pause` and `docker unpause`; every way a run ends removes its
 container (and closes its proxy), and `kill()` returns only once it is gone. Containers carry
-the labels `aimos.run` and `aimos.env` (runs) or `aimos.build` (builds).
+the labels `aimos.run` and `aimos.env` (runs) or `aimos.build` (builds), and `aimos.owner`
+(host, pid and start time of the process that made them), so `sweep()` can tell the
+containers of a dead worker from those of a live one.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import shutil
 import socket
 import struct
 import tempfile
@@ -64,7 +68,7 @@ from sandbox.docker_images import (
     open_egress,
     recv_exactly,
 )
-from sandbox.egress import EgressPolicy, EgressProxy, proxy_environment
+from sandbox.egress import SOCKET_NAME, EgressPolicy, EgressProxy, proxy_environment
 from sandbox.limits import INSPECT_LIMITS
 from sandbox.protocol import StreamRun, inspection_from, run_request
 from sandbox.requirements import BuildRules
@@ -75,6 +79,9 @@ if TYPE_CHECKING:
 __all__ = ["LABEL_BUILD", "LABEL_ENV", "LABEL_RUN", "DockerBackend", "DockerRun", "image_tag"]
 
 LABEL_RUN = "aimos.run"
+LABEL_OWNER = "aimos.owner"
+# An egress folder this young may still be getting its socket.
+EGRESS_GRACE_S = 60.0
 SHM_MB = 64
 # Every container starts here: /tmp (a link in the image) needs its target in the new tmpfs.
 _WITH_TMP = f'mkdir -p -m 1777 {TMP_LINK} && exec "$@"'
@@ -220,6 +227,24 @@ class DockerBackend(Backend):
             except docker.errors.NotFound:
                 pass
 
+    def sweep(self) -> list[str]:
+        """Remove the run containers whose owner (a worker of this host) is dead, and the
+        egress folders under `egress_root` whose proxy no longer listens. Returns the ids of
+        the runs swept. Containers of other hosts, and of live processes, are left alone."""
+        api = self.client.api
+        swept: list[str] = []
+        for container in api.containers(all=True, filters={"label": LABEL_RUN}):
+            labels = container.get("Labels") or {}
+            if owner_alive(labels.get(LABEL_OWNER, "")):
+                continue
+            try:
+                api.remove_container(container["Id"], force=True)
+            except docker.errors.NotFound:
+                pass
+            swept.append(labels.get(LABEL_RUN, container["Id"][:12]))
+        sweep_egress_folders(self.egress_root)
+        return swept
+
     def _launch(
         self, env: Environment, request: bytes, limits: Limits, *, run_id: str | None = None
     ) -> DockerRun:
@@ -285,7 +310,7 @@ class DockerBackend(Backend):
                 hostname="sandbox",
                 stdin_open=True,
                 environment=proxy_environment() if proxy is not None else None,
-                labels={LABEL_RUN: run_id, LABEL_ENV: env.key},
+                labels={LABEL_RUN: run_id, LABEL_ENV: env.key, LABEL_OWNER: owner_label()},
                 name=f"aimos-run-{run_id}-{uuid.uuid4().hex[:8]}",
                 host_config=host_config,
             )
@@ -438,6 +463,62 @@ class DockerRun(StreamRun):
                 )
             time.sleep(0.1)
         self._gone.set()
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (clock ticks since boot): a pid and its start time
+    name one process, even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]
+
+
+def owner_label(pid: int | None = None) -> str:
+    """`host:pid:start time` of this process (or `pid`), the `aimos.owner` of its containers."""
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 0}"
+
+
+def owner_alive(label: str) -> bool:
+    """False when `label` names a process of this host that no longer exists. A container
+    without an owner, or of another host, counts as alive (it is not ours to judge)."""
+    host, _, rest = label.partition(":")
+    pid, _, started = rest.partition(":")
+    if not label or host != socket.gethostname() or not pid.isdigit():
+        return True
+    return _start_time(int(pid)) == started
+
+
+def sweep_egress_folders(root: Path) -> list[Path]:
+    """Delete the egress folders under `root` whose proxy is gone (nothing listens on the
+    socket, or there never was one and the folder is old). Returns the folders deleted."""
+    removed = []
+    for folder in root.iterdir() if root.is_dir() else ():
+        path = folder / SOCKET_NAME
+        if not folder.is_dir() or len(os.fsencode(path)) > 100:
+            continue
+        if path.exists():
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.settimeout(1.0)
+                probe.connect(str(path))
+                continue  # a live proxy
+            except OSError as exc:
+                if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                    continue
+            finally:
+                probe.close()
+        else:
+            try:
+                if time.time() - folder.stat().st_mtime < EGRESS_GRACE_S:
+                    continue
+            except OSError:
+                continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
 
 
 def _running(api: docker.APIClient, container_id: str) -> bool:

@@ -79,7 +79,7 @@ def host_addresses() -> set[Address]:
     return found
 
 
-def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     """The IPv4 address an IPv6 form carries (mapped, compatible, 6to4, NAT64), if any."""
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped
@@ -98,8 +98,8 @@ def refusal(address: Address, own: Iterable[Address] = ()) -> str | None:
     why = _non_public(address)
     if why is None:
         forms = {address}
-        if isinstance(address, ipaddress.IPv6Address) and _embedded_ipv4(address) is not None:
-            forms.add(_embedded_ipv4(address))
+        if isinstance(address, ipaddress.IPv6Address) and embedded_ipv4(address) is not None:
+            forms.add(embedded_ipv4(address))
         if forms & set(own):
             why = f"{address} is an address of this host"
     return why
@@ -109,7 +109,7 @@ def _non_public(address: Address) -> str | None:
     if isinstance(address, ipaddress.IPv6Address):
         if address in _TEREDO:
             return f"{address} is a Teredo address"
-        inner = _embedded_ipv4(address)
+        inner = embedded_ipv4(address)
         if inner is not None:
             why = _non_public(inner)
             return f"{address} carries {inner}: {why}" if why else None

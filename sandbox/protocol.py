@@ -20,7 +20,9 @@ pause/resume/kill and the final `Outcome`. A backend subclass starts the sandbox
 from __future__ import annotations
 
 import json
+import logging
 import queue
+import re
 import signal
 import threading
 import time
@@ -40,6 +42,9 @@ from sandbox.base import (
 )
 
 TERMINAL_TYPES = frozenset({"result", "error", "inspection"})
+# The one shape of an event type (the runner checks it too): a type travels into SSE frames
+# and WebSocket messages, so it never carries a newline or anything a frame is made of.
+EVENT_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 LOG_SOURCES = frozenset({"stdout", "stderr", "agent"})  # "platform" is the host's own
 LOG_LEVELS = frozenset({"debug", "info", "warning", "error"})
 AGENT_ERROR_TYPES = frozenset(
@@ -47,6 +52,10 @@ AGENT_ERROR_TYPES = frozenset(
 )
 RUNNER_PATH = Path(__file__).with_name("runner.py")
 _END = object()
+_DRAIN_CHUNK = 65536
+_READER_FAILED = "reader_failed"
+
+logger = logging.getLogger("sandbox.protocol")
 
 
 def encode_request(
@@ -83,14 +92,16 @@ def run_request(
 
 
 def parse_line(line: bytes) -> Event | None:
-    """One protocol line as an Event, or None when the line is not a protocol message."""
+    """One protocol line as an Event, or None when the line is not a protocol message: not
+    JSON, nested too deeply to parse (RecursionError), or a type that is not `EVENT_TYPE`."""
     try:
         message = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if (
         isinstance(message, dict)
         and isinstance(message.get("type"), str)
+        and EVENT_TYPE.fullmatch(message["type"])
         and isinstance(message.get("data"), dict)
     ):
         return Event(message["type"], message["data"])
@@ -101,7 +112,7 @@ def refusal(event: Event) -> str | None:
     """Why a non-terminal event from the sandbox is refused, or None. The runner always sends
     well-formed events; this guards against an agent writing to the protocol fd itself."""
     kind, data = event.type, event.data
-    if kind.startswith("run_") or len(kind) > 64:
+    if kind.startswith("run_") or not EVENT_TYPE.fullmatch(kind):
         return f"refused reserved event type {kind[:64]!r}"
     wanted = {
         "content_delta": ("content", str),
@@ -218,35 +229,80 @@ class StreamRun(Run):
 
     def _stop(self, reason: str) -> None:
         """End the run for `reason` unless it already has an end; kills every process."""
+        if self._claim_end(reason):
+            self._kill_everything()
+
+    def _claim_end(self, reason: str) -> bool:
+        """Record `reason` as the end unless the run already has one; False once finished."""
         with self._lock:
             if self._finished.is_set():
-                return
+                return False
             if self._reason is None and self._terminal is None:
                 self._reason = reason
-        self._kill_everything()
+        return True
+
+    def _stop_soon(self, reason: str) -> None:
+        """`_stop` from another thread: the reader must go on draining the stream while the
+        sandbox is killed (an engine may not remove a container whose output nobody reads)."""
+        if self._claim_end(reason):
+            threading.Thread(target=self._kill_everything, name="run-killer", daemon=True).start()
 
     def _kill_everything(self) -> None:
-        with self._kill_lock:
-            self._kill_all()
+        """`_kill_all`, serialised; a failure is logged (the supervisor tries again), never
+        raised into the thread that asked (a clock, a reader, a killer)."""
+        try:
+            with self._kill_lock:
+                self._kill_all()
+        except Exception:  # noqa: BLE001 — the run must still end with an outcome
+            logger.exception("could not kill the sandbox of a run")
 
     def _read(self) -> None:
+        """Read the stream to its end. Whatever happens here (the budget, a bad line, a bug)
+        the stream is drained until the sandbox is gone, so a kill never waits on the reader."""
+        try:
+            self._read_protocol()
+        except Exception as exc:  # noqa: BLE001 — the run ends as a sandbox error instead
+            logger.exception("the reader of a run failed")
+            self._events.put(
+                Event(
+                    "error",
+                    {"message": f"the platform could not read the run: {type(exc).__name__}"},
+                )
+            )
+            self._stop_soon(_READER_FAILED)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Read and drop everything left, until the stream ends (the sandbox is gone)."""
+        assert self._stream is not None
+        read = getattr(self._stream, "read1", self._stream.read)
+        while True:
+            try:
+                if not read(_DRAIN_CHUNK):
+                    return
+            except (OSError, ValueError):
+                return
+
+    def _read_protocol(self) -> None:
         assert self._stream is not None
         budget = self.limits.max_output_bytes
         while True:
+            if self._reason is not None or self._terminal is not None:
+                return  # after the end, `_drain` reads without keeping anything
             try:
                 line = self._stream.readline(max(budget - self._output_bytes, 0) + 1)
             except (OSError, ValueError):
-                break
+                return
             if not line:
-                break
+                return
             if self._reason is not None or self._terminal is not None:
-                continue  # after the end, drain without keeping anything
+                continue
             self._output_bytes += len(line)
             if self._output_bytes > budget:
                 self._events.put(
                     Event("error", {"message": f"output truncated: over {budget} bytes"})
                 )
-                self._stop(ErrorType.OUTPUT_LIMIT)
+                self._stop_soon(ErrorType.OUTPUT_LIMIT)
                 continue
             if not line.strip():
                 continue
@@ -278,6 +334,8 @@ class StreamRun(Run):
         exit_code: int | None = None
         try:
             exit_code = self._exit_status()
+        except Exception:  # noqa: BLE001 — decided below as a sandbox error
+            logger.exception("could not wait for the sandbox of a run")
         finally:
             self._kill_everything()
             if self._reader is not None:
@@ -285,9 +343,17 @@ class StreamRun(Run):
             duration_ms = int(self._active_seconds() * 1000)
             try:
                 peak_mb, cpu_ms = self._usage()
-            except OSError:
+            except Exception:  # noqa: BLE001
                 peak_mb, cpu_ms = None, None
-            outcome = self._decide(exit_code)
+            try:
+                outcome = self._decide(exit_code)
+            except Exception:  # noqa: BLE001
+                logger.exception("could not decide the outcome of a run")
+                outcome = Outcome(
+                    status=Status.FAILED,
+                    error="the sandbox ended without a result",
+                    error_type=ErrorType.SANDBOX_ERROR,
+                )
             self._outcome = Outcome(
                 status=outcome.status,
                 exit_code=exit_code,
@@ -302,6 +368,8 @@ class StreamRun(Run):
                 self._closing = True
             try:
                 self._release()
+            except Exception:  # noqa: BLE001 — the outcome stands; the sweep cleans the rest
+                logger.exception("could not release the sandbox of a run")
             finally:
                 self._finished.set()
                 with self._lock:

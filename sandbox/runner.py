@@ -24,8 +24,8 @@ sandbox (EAGAIN from fork or thread creation, EFBIG file too large, ENOSPC/EDQUO
 "sandbox_error" when the request itself is broken; otherwise "exception".
 
 `ctx`: delta(text), tool_call(name, args) -> call_id, tool_result(name, result, call_id=None),
-log(message, level="info"), checkpoint(state, label=None), emit(type, data) (types of the
-platform refused), state (the restored state, or None).
+log(message, level="info"), checkpoint(state, label=None), emit(type, data) (a type is 1 to
+64 of `A-Za-z0-9_.:-`; types of the platform refused), state (the restored state, or None).
 
 Handlers: `handle(payload)` or `handle(payload, ctx)` (two positional parameters or
 *args), sync or `async def`, generator or async generator. A generator's yields become
@@ -54,6 +54,7 @@ os.close(_err_write)
 import errno  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import threading  # noqa: E402
 from collections.abc import Awaitable  # noqa: E402
 from types import AsyncGeneratorType, GeneratorType  # noqa: E402
@@ -63,6 +64,9 @@ CO_VARARGS = 0x04
 
 MAIN_PID = os.getpid()
 MAX_LOG_LINE = 16 * 1024  # longer lines are split so the runner's memory stays bounded
+# The host refuses any other event type (sandbox/protocol.py: EVENT_TYPE): a type travels into
+# SSE frames and must never carry a newline or anything else a frame could be forged with.
+EVENT_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Types the platform owns (terminal messages, run lifecycle) or that have their own ctx method.
 RESERVED_TYPES = frozenset(
@@ -201,8 +205,10 @@ class Context:
 
     def emit(self, type: str, data: dict | None = None) -> None:  # noqa: A002 (SDK name)
         """Send a custom event; the platform's own types are refused."""
-        if not isinstance(type, str) or not type or len(type) > 64 or type.startswith("run_"):
-            raise ValueError(f"invalid event type {type!r}")
+        if not isinstance(type, str) or not EVENT_TYPE.fullmatch(type) or type.startswith("run_"):
+            raise ValueError(
+                f"invalid event type {type!r}: 1 to 64 of A-Z a-z 0-9 _ . : -, not run_*"
+            )
         if type in RESERVED_TYPES:
             raise ValueError(f"event type {type!r} is reserved; use the ctx method for it")
         data = {} if data is None else data

@@ -26,7 +26,7 @@ ALLOWED = {
     "sandbox": set(),
     "core": {"sandbox"},
     "accounts": {"core", "sandbox"},
-    "notifications": {"core", "accounts"},
+    "notifications": {"core", "accounts", "sandbox"},
     "agents": {"core", "accounts", "notifications", "sandbox"},
     "executions": {"core", "accounts", "notifications", "agents", "sandbox"},
     "aimos": {"core", "accounts", "notifications", "agents", "executions", "sandbox"},

@@ -19,6 +19,7 @@ import pytest
 from core.sandbox_settings import sandbox_config
 from sandbox.backends import get_backend
 from sandbox.base import Backend, Environment, Run, SandboxUnavailable
+from sandbox.docker_images import LABEL_ENV
 from sandbox.process_backend import ProcessBackend
 from sandbox.tests.helpers import OFFLINE
 
@@ -38,6 +39,29 @@ def backend(request, tmp_path_factory) -> Backend:
             raise
         pytest.skip(str(exc))
     return chosen
+
+
+SESSION_KEY_PREFIX = f"t{os.getpid()}-"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remove_session_images() -> Iterator[None]:
+    """At the end of the session, remove every image of this session's versions (keys
+    `t<pid>-…`, label `aimos.env`) still known to the engine, whatever test left it."""
+    yield
+    try:
+        import docker  # the engine is optional: a host without it has no images to remove
+
+        client = docker.from_env(timeout=30)
+        images = client.images.list(filters={"label": LABEL_ENV})
+    except Exception:  # noqa: BLE001
+        return
+    for image in images:
+        if (image.labels or {}).get(LABEL_ENV, "").startswith(SESSION_KEY_PREFIX):
+            try:
+                client.images.remove(image.id, force=True)
+            except Exception:  # noqa: BLE001 — already gone, or in use by a leftover
+                pass
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +84,7 @@ def make_agent(backend: Backend, tmp_path_factory) -> Iterator[Callable[..., Env
         digest = hashlib.sha256(json.dumps([files, manifest], sort_keys=True).encode())
         # The session's pid keeps keys apart: docker images are global, so two concurrent test
         # sessions must not remove each other's.
-        key = f"t{os.getpid()}-{digest.hexdigest()[:16]}"
+        key = f"{SESSION_KEY_PREFIX}{digest.hexdigest()[:16]}"
         if key not in built:
             source = tmp_path_factory.mktemp("agent-src")
             for name, text in files.items():

@@ -27,6 +27,8 @@ from sandbox.docker_images import LABEL_BUILD, LABEL_ENV
 from sandbox.tests.helpers import OFFLINE, log_messages, wheel
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# Keys of this test session's versions: another session's images and containers are its own.
+SESSION = f"test-{os.getpid()}-"
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,7 @@ def make_env(docker_backend: DockerBackend, tmp_path: Path):
                 path.write_bytes(content)
             else:
                 path.write_text(textwrap.dedent(content))
-        key = f"test-{uuid.uuid4().hex[:12]}"
+        key = f"{SESSION}{uuid.uuid4().hex[:12]}"
         made.append(key)
         return (backend or docker_backend).prepare(source, manifest or {}, key=key, log=log)
 
@@ -79,13 +81,13 @@ def run_containers(engine: docker.DockerClient, env: Environment) -> list:
 
 def agent_tags(engine: docker.DockerClient, repository: str) -> list[str]:
     tags = [tag for image in engine.images.list() for tag in image.tags]
-    return [tag for tag in tags if tag.startswith(f"{repository}:test-")]
+    return [tag for tag in tags if tag.startswith(f"{repository}:{SESSION}")]
 
 
 def build_containers(engine: docker.DockerClient) -> list:
-    """Build containers of this module's versions (keys `test-…`) still known to the engine."""
+    """Build containers of this session's versions still known to the engine."""
     found = engine.containers.list(all=True, filters={"label": LABEL_BUILD})
-    return [c for c in found if c.labels[LABEL_BUILD].startswith("test-")]
+    return [c for c in found if c.labels[LABEL_BUILD].startswith(SESSION)]
 
 
 def wheel_with_data(name: str, size_mb: int) -> tuple[str, bytes]:
