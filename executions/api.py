@@ -7,6 +7,7 @@ from drf_spectacular.utils import (
     OpenApiResponse,
     extend_schema,
     extend_schema_field,
+    extend_schema_serializer,
     extend_schema_view,
 )
 from rest_framework import mixins, serializers, status, viewsets
@@ -426,17 +427,18 @@ def replayed(response: Response, again: bool) -> Response:
 LAST_EVENT_ID = OpenApiParameter(
     "Last-Event-ID", OpenApiTypes.INT, OpenApiParameter.HEADER, description="Same as `after`."
 )
+@extend_schema_serializer(many=False)
+class StreamFrameSerializer(serializers.Serializer):
+    """One server-sent event (a frame of the stream)."""
+
+    id = serializers.CharField(required=False)
+    event = serializers.CharField(required=False)
+    data = serializers.CharField()
+    retry = serializers.IntegerField(required=False)
+
+
 STREAM = OpenApiResponse(
-    {
-        "type": "object",
-        "description": "One server-sent event (a frame of the stream).",
-        "properties": {
-            "id": {"type": "string"},
-            "event": {"type": "string"},
-            "data": {"type": "string"},
-            "retry": {"type": "integer"},
-        },
-    },
+    StreamFrameSerializer,
     description="Server-sent events: `id: <seq>`, `event: <type>`, `data: <JSON>`, "
     "ending after the run's terminal event.",
 )
