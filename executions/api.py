@@ -427,6 +427,8 @@ def replayed(response: Response, again: bool) -> Response:
 LAST_EVENT_ID = OpenApiParameter(
     "Last-Event-ID", OpenApiTypes.INT, OpenApiParameter.HEADER, description="Same as `after`."
 )
+
+
 @extend_schema_serializer(many=False)
 class StreamFrameSerializer(serializers.Serializer):
     """One server-sent event (a frame of the stream)."""
