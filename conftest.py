@@ -204,18 +204,25 @@ def _database_url(settings_dict: dict) -> str:
     )
 
 
-def _redis_db(url: str, db: int) -> str:
-    """The same Redis server, another database: live workers must not take the jobs of tests
-    that run their own burst worker."""
-    from urllib.parse import urlsplit, urlunsplit
+def _redis_db(url: str, offset: int) -> str:
+    """The same Redis server, another database (the tests' own number + `offset`, modulo 16):
+    live workers must not take the jobs of tests that run their own burst worker, and two
+    sessions on different databases do not share their live stacks' queues."""
+    from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
     parts = urlsplit(url)
     if parts.scheme == "unix":
-        return urlunsplit(parts._replace(query=f"db={db}"))
-    return urlunsplit(parts._replace(path=f"/{db}"))
+        query = parse_qs(parts.query)
+        query["db"] = [str((int(query.get("db", ["0"])[0]) + offset) % 16)]
+        return urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
+    own = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{(own + offset) % 16}"))
 
 
-LIVE_REDIS_DB = 14
+# Where the live stack's and the fuzzing stack's Redis databases are, from the tests' own.
+LIVE_REDIS_OFFSET = 8
+FUZZ_REDIS_OFFSET = 4
+
 
 LIVE_SETTINGS = {
     "AIMOS_RUN_LEASE_SECONDS": "3",
@@ -242,7 +249,7 @@ def live_stack(django_db_setup, django_db_blocker):
         **os.environ,
         **LIVE_SETTINGS,
         "DATABASE_URL": _database_url(connection.settings_dict),
-        "REDIS_URL": _redis_db(settings.REDIS_URL, LIVE_REDIS_DB),
+        "REDIS_URL": _redis_db(settings.REDIS_URL, LIVE_REDIS_OFFSET),
         "SECRET_KEY": settings.SECRET_KEY,
         "DEBUG": "0",
         "ALLOWED_HOSTS": "127.0.0.1,localhost",

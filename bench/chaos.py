@@ -19,8 +19,9 @@ Everything stays on this machine (loopback only) and the script stops by itself:
 
 At the end it prints: runs started, ended per status (and error type), stuck (not terminal
 once nothing changed for the lease + upkeep interval + 10 s), executed twice (an execution with
-more than one `run_started` event), event logs with gaps, webhook deliveries lost (terminal
-runs without a delivery of their event). It is not part of the test suite.
+more than one `run_started` event: its agent started twice), runs lost although the process
+that held them was not killed, event logs with gaps, webhook deliveries lost (terminal runs
+without a delivery of their event). It is not part of the test suite.
 """
 
 from __future__ import annotations
@@ -226,15 +227,18 @@ def start_platform(env: dict[str, str], ports: list[int], workers: int, logs: Pa
     return children
 
 
-def worker_processes(pool_pid: int) -> list[int]:
-    """The pool's worker processes and their work horses (the process that runs a job)."""
+def worker_processes(pool_pid: int) -> dict[int, list[int]]:
+    """The pool's worker processes and their work horses (the process that runs a job), each
+    with its descendants (a worker's horse dies with it)."""
     import psutil
 
-    found = []
+    found = {}
     try:
         for worker in psutil.Process(pool_pid).children():
-            found.append(worker.pid)
-            found += [horse.pid for horse in worker.children() if "python" in horse.name()]
+            found[worker.pid] = [worker.pid] + [p.pid for p in worker.children(recursive=True)]
+            for horse in worker.children():
+                if "python" in horse.name():
+                    found[horse.pid] = [horse.pid] + [p.pid for p in horse.children(recursive=True)]
     except psutil.Error:
         pass
     return found
@@ -338,18 +342,20 @@ def main() -> int:  # noqa: C901, PLR0915 — one script, read top to bottom
         # --- faults, in the background ------------------------------------------------
         stop_chaos = threading.Event()
         faults: Counter = Counter()
+        killed: set[int] = set()  # every process that died with a killed worker
 
         def chaos() -> None:
             began = time.monotonic()
             redis_at, postgres_at = began + 12, began + 25
             while not stop_chaos.wait(args.kill_every):
                 pool = children["workers"]
-                pids = worker_processes(pool.pid)
-                if pids:
-                    victim = random.choice(pids)
+                processes = worker_processes(pool.pid)
+                if processes:
+                    victim = random.choice(list(processes))
                     try:
                         os.kill(victim, signal.SIGKILL)
                         faults["workers killed"] += 1
+                        killed.update(processes[victim])
                     except ProcessLookupError:
                         pass
                 now = time.monotonic()
@@ -448,6 +454,14 @@ def main() -> int:  # noqa: C901, PLR0915 — one script, read top to bottom
             .exclude(status__in=TERMINAL)
             .values_list("pk", "status", "attempt")
         )
+        # A run may end lost only when the process that held it (`host:pid`) was killed.
+        lost_alive = [
+            str(pk)
+            for pk, worker in Execution.objects.filter(
+                pk__in=started, status="failed", error_type="lost"
+            ).values_list("pk", "worker")
+            if int(worker.rpartition(":")[2] or 0) not in killed
+        ]
         failures = Counter(
             Execution.objects.filter(pk__in=started, status="failed").values_list(
                 "error_type", "error_message"
@@ -489,6 +503,7 @@ def main() -> int:  # noqa: C901, PLR0915 — one script, read top to bottom
             },
             "stuck": sum(c for (s, _), c in final.items() if s not in TERMINAL),
             "executed twice": len(twice),
+            "lost although their worker lived": len(lost_alive),
             "event logs with gaps": gaps,
             "webhook deliveries expected": len(expected),
             "webhook deliveries lost": len(expected - received),
@@ -497,6 +512,7 @@ def main() -> int:  # noqa: C901, PLR0915 — one script, read top to bottom
             "faults": dict(faults),
             "detail": {
                 "executed twice": [str(pk) for pk in twice],
+                "lost although their worker lived": lost_alive,
                 "not terminal": [f"{pk} {status} attempt {n}" for pk, status, n in not_terminal],
                 "failures": {f"{e}: {m[:120]}": c for (e, m), c in failures.items()},
             },

@@ -15,6 +15,8 @@ from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, serializers, status
 
+from core.transient import TRANSIENT_ERRORS
+
 logger = logging.getLogger("core.errors")
 
 
@@ -183,7 +185,8 @@ def server_error(request):
 
 
 class ApiErrorMiddleware:
-    """An exception escaping an API view becomes a JSON 500 with an id to find it in the logs."""
+    """An exception escaping an API view becomes a JSON 500 with an id to find it in the logs
+    (a JSON 503 when the database or Redis was briefly unreachable)."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -194,6 +197,13 @@ class ApiErrorMiddleware:
     def process_exception(self, request, exception):
         if not is_api_path(request.path):
             return None
+        if isinstance(exception, TRANSIENT_ERRORS):
+            # The database or Redis went away for a moment: the client may try again.
+            logger.warning("%s %s: %s", request.method, request.path, exception)
+            body = error_body("The service is briefly unavailable; try again", "unavailable")
+            response = JsonResponse(body, status=503)
+            response["Retry-After"] = "1"
+            return response
         error_id = str(uuid.uuid4())
         logger.exception("Unhandled error %s on %s %s", error_id, request.method, request.path)
         body = error_body("Internal server error", "server_error", error_id=error_id)

@@ -236,12 +236,15 @@ class Execution(models.Model):
         return rows.update(**changes) == 1
 
     @classmethod
-    def claim(cls, pk, *, worker: str, lease_seconds: int) -> bool:
-        """`pending → running` for exactly one worker, which then holds a lease on the run."""
+    def claim(cls, pk, *, worker: str, lease_seconds: int, queued: int | None = None) -> bool:
+        """`pending → running` for exactly one worker, which then holds a lease on the run.
+        With `queued` (the attempt number its job was queued for), only while the run still
+        waits for that job: a job that was replaced (`requeue_pending`) claims nothing."""
         now = timezone.now()
         return cls._move(
             pk,
             [ExecutionStatus.PENDING],
+            fence=queued,
             status=ExecutionStatus.RUNNING,
             started_at=now,
             worker=worker,
@@ -262,10 +265,14 @@ class Execution(models.Model):
 
     @classmethod
     def mark_sandbox_started(cls, pk, *, attempt: int | None = None) -> bool:
-        rows = cls.objects.filter(pk=pk)
-        if attempt is not None:
-            rows = rows.filter(attempt=attempt)
-        return rows.update(sandbox_started=True) == 1
+        """Written before the sandbox starts: from here on the agent may have run, so the run
+        is never queued again."""
+        return cls._move(
+            pk,
+            [ExecutionStatus.RUNNING, ExecutionStatus.PAUSED],
+            fence=attempt,
+            sandbox_started=True,
+        )
 
     @classmethod
     def mark_paused(cls, pk, *, attempt: int | None = None) -> bool:
@@ -290,16 +297,24 @@ class Execution(models.Model):
         )
 
     @classmethod
-    def requeue(cls, pk) -> bool:
-        """`running → pending` for a run whose worker died before the agent started."""
+    def requeue(cls, pk, *, attempt: int | None = None) -> bool:
+        """`running → pending` for a run whose worker (of `attempt`) died before the agent
+        started."""
         return cls._move(
             pk,
             [ExecutionStatus.RUNNING, ExecutionStatus.PAUSED],
+            fence=attempt,
             status=ExecutionStatus.PENDING,
             worker="",
             lease_expires_at=None,
             started_at=None,
         )
+
+    @classmethod
+    def requeue_pending(cls, pk, *, queued: int) -> bool:
+        """A pending run whose job (queued for attempt `queued`) vanished gets the next number:
+        its new job claims it, the old one (should it turn up) cannot."""
+        return cls._move(pk, [ExecutionStatus.PENDING], fence=queued, attempt=F("attempt") + 1)
 
     @classmethod
     def request_control(cls, pk, control: str) -> bool:

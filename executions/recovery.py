@@ -11,7 +11,8 @@ import django_rq
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
-from rq.job import Job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 
 from core.sandbox_settings import sandbox_config
 from executions.choices import ErrorType, ExecutionStatus
@@ -28,7 +29,8 @@ REQUEUED_MESSAGE = "The worker stopped before the agent started; queued again"
 
 def sweep_lost_runs() -> dict:
     """Runs whose worker died (lease expired) end `failed`/`lost`, or are queued again once when
-    the agent never started; pending runs whose job vanished are queued again."""
+    the agent never started; pending runs whose job vanished are queued again. Every write
+    names the attempt it saw, so a worker that comes back changes nothing it no longer holds."""
     now = timezone.now()
     lost = requeued = 0
     expired = Execution.objects.filter(
@@ -37,7 +39,7 @@ def sweep_lost_runs() -> dict:
     for execution in expired.select_related("agent"):
         if not execution.sandbox_started and execution.attempt < 2:
             with transaction.atomic():
-                if Execution.requeue(execution.pk):
+                if Execution.requeue(execution.pk, attempt=execution.attempt):
                     record_events(
                         execution.pk,
                         [
@@ -62,6 +64,7 @@ def sweep_lost_runs() -> dict:
             reason="The worker running this execution stopped",
             error_type=ErrorType.LOST,
             from_states=[ExecutionStatus.RUNNING, ExecutionStatus.PAUSED],
+            attempt=execution.attempt,
         ):
             lost += 1
             _kill_orphan(execution)
@@ -69,16 +72,41 @@ def sweep_lost_runs() -> dict:
 
 
 def _requeue_vanished_jobs() -> int:
-    """Pending runs whose queued job no longer exists (e.g. Redis lost it) are queued again."""
-    connection = django_rq.get_connection("runs")
+    """Pending runs without a job on its way to them are queued again, under the next attempt
+    number (the old job, should it turn up, claims nothing): the job is gone (Redis lost it),
+    ended without claiming the run, was taken by a worker that died before claiming it, or
+    sits in no queue (its worker died between taking it and starting it)."""
+    queue = django_rq.get_queue("runs")
     cutoff = timezone.now() - timedelta(seconds=settings.AIMOS_RUN_LEASE_SECONDS * 2)
     pending = Execution.objects.filter(status=ExecutionStatus.PENDING, created_at__lt=cutoff)
     count = 0
-    for pk, attempt in pending.values_list("pk", "attempt"):
-        if not Job.exists(run_job_id(pk, attempt), connection=connection):
-            enqueue_run(pk, attempt=attempt)
-            count += 1
+    for pk, attempt in pending.values_list("pk", "attempt").iterator():
+        if _on_its_way(queue, run_job_id(pk, attempt), cutoff):
+            continue
+        with transaction.atomic():
+            if Execution.requeue_pending(pk, queued=attempt):
+                transaction.on_commit(lambda pk=pk, n=attempt + 1: enqueue_run(pk, attempt=n))
+                count += 1
     return count
+
+
+def _on_its_way(queue, job_id: str, cutoff, *, again: bool = True) -> bool:
+    """Is the job waiting in its queue (or for a dependency), or taken by a worker since
+    `cutoff`? A worker that takes a job between two reads is seen on the second."""
+    try:
+        job = Job.fetch(job_id, connection=queue.connection)
+    except NoSuchJobError:
+        return False
+    status = job.get_status(refresh=False)
+    if status in (JobStatus.DEFERRED, JobStatus.SCHEDULED):
+        return True
+    if status == JobStatus.STARTED:
+        return job.started_at is not None and job.started_at > cutoff
+    if status == JobStatus.QUEUED:
+        if queue.connection.lpos(queue.key, job_id) is not None:
+            return True
+        return again and _on_its_way(queue, job_id, cutoff, again=False)
+    return False
 
 
 def sweep_sandboxes() -> int:

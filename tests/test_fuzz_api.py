@@ -30,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from conftest import LIVE_SETTINGS, LiveStack, _database_url, _redis_db
+from conftest import FUZZ_REDIS_OFFSET, LIVE_SETTINGS, LiveStack, _database_url, _redis_db
 from executions.tests.live import Client, deploy, wait_for_status
 from notifications.models import Webhook
 
@@ -46,9 +46,6 @@ CHECKS = [
 
 # Port 9 (discard) on loopback: nothing listens there, so an attempt ends "connection refused".
 LOOPBACK_WEBHOOK = "http://127.0.0.1:9/aimos-fuzz"
-
-# A Redis database of its own: the session's live stack (conftest.LIVE_REDIS_DB) may be up too.
-FUZZ_REDIS_DB = 13
 
 # Refusals of schema-valid data that no schema can express: they depend on the rows already
 # there or on the clock, or on password rules. (operation, field) -> a part of the message.
@@ -89,7 +86,7 @@ def fuzz_stack(django_db_setup, django_db_blocker):
         **os.environ,
         **LIVE_SETTINGS,
         "DATABASE_URL": _database_url(connection.settings_dict),
-        "REDIS_URL": _redis_db(django_settings.REDIS_URL, FUZZ_REDIS_DB),
+        "REDIS_URL": _redis_db(django_settings.REDIS_URL, FUZZ_REDIS_OFFSET),
         "SECRET_KEY": django_settings.SECRET_KEY,
         "DEBUG": "0",
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
