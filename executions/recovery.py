@@ -11,9 +11,8 @@ import django_rq
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
-from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
 
+from core.queues import job_on_its_way
 from core.sandbox_settings import sandbox_config
 from executions.choices import ErrorType, ExecutionStatus
 from executions.events import record_events
@@ -72,41 +71,20 @@ def sweep_lost_runs() -> dict:
 
 
 def _requeue_vanished_jobs() -> int:
-    """Pending runs without a job on its way to them are queued again, under the next attempt
-    number (the old job, should it turn up, claims nothing): the job is gone (Redis lost it),
-    ended without claiming the run, was taken by a worker that died before claiming it, or
-    sits in no queue (its worker died between taking it and starting it)."""
+    """Pending runs without a job on its way to them (`core.queues.job_on_its_way`) are queued
+    again, under the next attempt number: the old job, should it turn up, claims nothing."""
     queue = django_rq.get_queue("runs")
     cutoff = timezone.now() - timedelta(seconds=settings.AIMOS_RUN_LEASE_SECONDS * 2)
     pending = Execution.objects.filter(status=ExecutionStatus.PENDING, created_at__lt=cutoff)
     count = 0
     for pk, attempt in pending.values_list("pk", "attempt").iterator():
-        if _on_its_way(queue, run_job_id(pk, attempt), cutoff):
+        if job_on_its_way(queue, run_job_id(pk, attempt), started_since=cutoff):
             continue
         with transaction.atomic():
             if Execution.requeue_pending(pk, queued=attempt):
                 transaction.on_commit(lambda pk=pk, n=attempt + 1: enqueue_run(pk, attempt=n))
                 count += 1
     return count
-
-
-def _on_its_way(queue, job_id: str, cutoff, *, again: bool = True) -> bool:
-    """Is the job waiting in its queue (or for a dependency), or taken by a worker since
-    `cutoff`? A worker that takes a job between two reads is seen on the second."""
-    try:
-        job = Job.fetch(job_id, connection=queue.connection)
-    except NoSuchJobError:
-        return False
-    status = job.get_status(refresh=False)
-    if status in (JobStatus.DEFERRED, JobStatus.SCHEDULED):
-        return True
-    if status == JobStatus.STARTED:
-        return job.started_at is not None and job.started_at > cutoff
-    if status == JobStatus.QUEUED:
-        if queue.connection.lpos(queue.key, job_id) is not None:
-            return True
-        return again and _on_its_way(queue, job_id, cutoff, again=False)
-    return False
 
 
 def sweep_sandboxes() -> int:

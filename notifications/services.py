@@ -104,19 +104,10 @@ def delete_webhook(webhook: Webhook) -> None:
 
 
 def dispatch(user_id, event: str, data: dict) -> None:
-    """After the current transaction commits, send `event` to every webhook of the user that
-    wants it: one delivery row each, delivered by a job with retries."""
-    transaction.on_commit(lambda: _dispatch_now(user_id, event, data))
-
-
-def _dispatch_now(user_id, event: str, data: dict) -> None:
-    try:
-        _create_deliveries(user_id, event, data)
-    except Exception:  # the happening is recorded either way; never fail its transaction's caller
-        logger.exception("could not queue webhook deliveries of %s", event)
-
-
-def _create_deliveries(user_id, event: str, data: dict) -> None:
+    """Send `event` to every webhook of the user that wants it: one delivery row each, written
+    with the happening itself (in the caller's transaction), its job queued once that commits.
+    A job that never got queued, or was lost with its worker, is queued again by the upkeep
+    sweep (`notifications.delivery.sweep_deliveries`), so a delivery is never lost."""
     hooks = [
         hook
         for hook in Webhook.objects.filter(user_id=user_id, is_active=True)
@@ -131,7 +122,14 @@ def _create_deliveries(user_id, event: str, data: dict) -> None:
             "data": data,
         }
         WebhookDelivery.objects.create(id=message_id, webhook=hook, event=event, payload=payload)
-        enqueue_delivery(message_id)
+        transaction.on_commit(lambda message_id=message_id: _enqueue_soon(message_id))
+
+
+def _enqueue_soon(delivery_id: str) -> None:
+    try:
+        enqueue_delivery(delivery_id)
+    except Exception:  # the happening is recorded either way; the sweep queues it later
+        logger.exception("could not queue webhook delivery %s", delivery_id)
 
 
 def redeliver(delivery: WebhookDelivery) -> WebhookDelivery:

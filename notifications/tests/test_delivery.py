@@ -98,3 +98,49 @@ def test_registering_a_private_url_is_refused(owner, settings):
     with pytest.raises(ServiceError) as error:
         services.create_webhook(owner, url="http://127.0.0.1:9/x", events=["*"])
     assert error.value.errors[0]["field"] == "url"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_delivery_is_written_with_its_event_and_queued_only_if_that_commits(
+    owner, receiver, hook_settings, rq_queues
+):
+    from django.db import transaction
+
+    services.create_webhook(owner, url=receiver.url, events=["*"])
+    with pytest.raises(RuntimeError), transaction.atomic():
+        services.dispatch(owner.pk, "agent.created", {"agent_id": "a1"})
+        assert WebhookDelivery.objects.count() == 1  # in the happening's own transaction
+        raise RuntimeError("the happening is rolled back")
+
+    assert WebhookDelivery.objects.count() == 0
+    assert rq_queues[2].count == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_delivery_whose_job_was_lost_is_queued_again_by_the_sweep(
+    owner, receiver, hook_settings, drain_queues, rq_queues
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from rq.job import Job
+
+    from notifications.jobs import delivery_job_id
+    from notifications.recovery import sweep_deliveries
+
+    services.create_webhook(owner, url=receiver.url, events=["*"])
+    services.dispatch(owner.pk, "agent.created", {"agent_id": "a1"})
+    delivery = WebhookDelivery.objects.get()
+    # Written a while ago, and its job lost (Redis restarted without it, or its worker died).
+    WebhookDelivery.objects.update(created_at=timezone.now() - timedelta(minutes=5))
+    assert sweep_deliveries() == 0  # still on its way: left alone
+    queue = rq_queues[2]
+    Job.fetch(delivery_job_id(delivery.pk), connection=queue.connection).delete()
+
+    assert sweep_deliveries() == 1
+    assert sweep_deliveries() == 0  # queued once
+    drain_queues()
+
+    delivery.refresh_from_db()
+    assert delivery.status == "succeeded"
+    assert len(receiver.requests) == 1
