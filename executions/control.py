@@ -3,12 +3,11 @@
 The API records the wish on the row (`Execution.request_control`) and sends it through
 `RunControl`, the Redis list `aimos:control:<id>` that the worker holding the run reads
 (`executions.supervisor`); both sides speak through this one class. A pending run is
-cancelled here at once, since no worker holds it yet.
+cancelled here at once, since no worker holds it yet. A request then waits for the worker to
+change the run (`executions.waits`).
 """
 
 from __future__ import annotations
-
-import time
 
 import django_rq
 from django.conf import settings
@@ -17,22 +16,17 @@ from core.errors import Conflict
 from executions.choices import Control, ExecutionStatus
 from executions.models import Execution
 from executions.outcomes import finish
-
-# Polling the row while a request waits for the worker (or the run) to change it.
-POLL_SECONDS = 0.02
+from executions.waits import wait_until
 
 
 class RunControl:
-    """The control messages of one run, on a Redis list: the API sends, the worker receives.
-
-    `STOP` is not a user's control: the worker sends it to itself to wake its control
-    thread when the run has ended.
-    """
+    """The control messages of one run, on a Redis list: the API sends, the worker receives
+    (`receive_any`: the host of a run worker waits on the lists of all its runs at once)."""
 
     KEY = "aimos:control:{}"
-    STOP = "stop"
 
     def __init__(self, execution_id) -> None:
+        self.execution_id = str(execution_id)
         self.key = self.KEY.format(execution_id)
         self.connection = django_rq.get_connection("runs")
 
@@ -44,30 +38,23 @@ class RunControl:
         )
 
     def receive(self, timeout: float) -> str | None:
-        """The next control, waiting up to `timeout` seconds; None when none came."""
-        message = self.connection.blpop([self.key], timeout=timeout)
-        return message[1].decode() if message else None
+        """The next control of this run, waiting up to `timeout` seconds; None when none came."""
+        message = self.receive_any(self.connection, [self.execution_id], timeout)
+        return message[1] if message else None
 
-    def wake(self) -> None:
-        """Unblock a `receive` at once (the receiver then sees that the run has ended)."""
-        self.connection.rpush(self.key, self.STOP)
+    @classmethod
+    def receive_any(cls, connection, execution_ids, timeout: float) -> tuple[str, str] | None:
+        """The next control of any of the runs, as (execution id, control), waiting up to
+        `timeout` seconds; None when none came."""
+        keys = [cls.KEY.format(execution_id) for execution_id in execution_ids]
+        message = connection.blpop(keys, timeout=timeout)
+        if not message:
+            return None
+        return message[0].decode().removeprefix(cls.KEY.format("")), message[1].decode()
 
     def forget(self) -> None:
         """Drop controls nobody will read any more (the run has ended)."""
         self.connection.delete(self.key)
-
-    def close(self) -> None:
-        self.connection.close()
-
-
-def await_change(execution: Execution, done, seconds: float) -> Execution:
-    """The execution once `done(execution)` holds, or as it is after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while True:
-        execution.refresh_from_db()
-        if done(execution) or time.monotonic() >= deadline:
-            return execution
-        time.sleep(POLL_SECONDS)
 
 
 def cancel_execution(execution: Execution, *, wait: float = 30.0) -> Execution:
@@ -89,7 +76,7 @@ def cancel_execution(execution: Execution, *, wait: float = 30.0) -> Execution:
             raise Conflict(f"The execution already ended ({execution.status})")
         raise Conflict(f"The execution is {execution.status} and cannot be cancelled now")
     RunControl(execution.pk).send(Control.CANCEL)
-    return await_change(execution, lambda e: e.is_terminal, wait)
+    return wait_until(execution, lambda e: e.is_terminal, wait)
 
 
 def pause_execution(execution: Execution, *, wait: float = 10.0) -> Execution:
@@ -97,7 +84,7 @@ def pause_execution(execution: Execution, *, wait: float = 10.0) -> Execution:
         execution.refresh_from_db()
         raise Conflict(f"Only a running execution can be paused; this one is {execution.status}")
     RunControl(execution.pk).send(Control.PAUSE)
-    return await_change(execution, lambda e: e.status != ExecutionStatus.RUNNING, wait)
+    return wait_until(execution, lambda e: e.status != ExecutionStatus.RUNNING, wait)
 
 
 def resume_execution(execution: Execution, *, wait: float = 10.0) -> Execution:
@@ -105,4 +92,4 @@ def resume_execution(execution: Execution, *, wait: float = 10.0) -> Execution:
         execution.refresh_from_db()
         raise Conflict(f"Only a paused execution can be resumed; this one is {execution.status}")
     RunControl(execution.pk).send(Control.RESUME)
-    return await_change(execution, lambda e: e.status != ExecutionStatus.PAUSED, wait)
+    return wait_until(execution, lambda e: e.status != ExecutionStatus.PAUSED, wait)

@@ -1,6 +1,7 @@
 """How a run ends: `finish` writes the terminal status and its terminal event in one
-transaction, notes the outcome in the agent's log and tells the user's feed (and, from the
-last run of a batch to end, the batch's end). Used by the worker, run control, the failure
+transaction, notes the outcome in the agent's log, tells the user's feed (and, from the
+last run of a batch to end, the batch's end) and, once committed, wakes the requests waiting
+for the run (`executions.waits`). Used by the worker, run control, the failure
 callback of the run job and the lost-run sweep alike.
 
 What a user reads in `error_message` is the agent's own error or the platform's plain
@@ -23,6 +24,7 @@ from executions.batches import batch_summary
 from executions.choices import TERMINAL_EVENTS, ErrorType, ExecutionStatus
 from executions.events import record_events
 from executions.models import Batch, Execution, text_column
+from executions.waits import announce
 from notifications import feed
 
 logger = logging.getLogger(__name__)
@@ -45,10 +47,11 @@ def finish(
     peak_memory_mb: float | None = None,
     cpu_ms: int | None = None,
     attempt: int | None = None,
+    events: list[tuple[str, dict]] | None = None,
 ) -> bool:
-    """End the execution with `status` and its terminal event, atomically. False (and no
-    event) when the execution had already ended, or, with `attempt`, when another attempt
-    holds it now."""
+    """End the execution with `status` and its terminal event, atomically, after `events`
+    (the run's last ones, not yet written). False (and no event) when the execution had
+    already ended, or, with `attempt`, when another attempt holds it now."""
     if error_type == ErrorType.SANDBOX_ERROR and status != ExecutionStatus.COMPLETED:
         logger.error("execution %s ended with a sandbox error: %s", execution.pk, reason)
         reason = SANDBOX_ERROR_MESSAGE
@@ -68,7 +71,8 @@ def finish(
         if not ended:
             return False
         if status == ExecutionStatus.COMPLETED:
-            count = Execution.objects.values_list("last_seq", flat=True).get(pk=execution.pk) + 1
+            last = Execution.objects.values_list("last_seq", flat=True).get(pk=execution.pk)
+            count = last + len(events or []) + 1
             data = {
                 "output": output,
                 "metrics": {
@@ -82,9 +86,12 @@ def finish(
             data = {"error": reason, "error_type": error_type}
         else:
             data = {"reason": reason}
-        record_events(execution.pk, [(TERMINAL_EVENTS[status], data)], attempt=attempt)
+        record_events(
+            execution.pk, [*(events or []), (TERMINAL_EVENTS[status], data)], attempt=attempt
+        )
         _log_outcome(execution, status, reason, error_type)
         _notify_finished(execution, status, duration_ms)
+        announce(execution.pk)
     return True
 
 

@@ -25,9 +25,9 @@ from agents.choices import AgentStatus, VersionStatus
 from agents.models import Agent, AgentVersion
 from agents.services import access_version
 from core.errors import Conflict, NotFound, ServiceError
-from executions.control import await_change
 from executions.jobs import enqueue_run
 from executions.models import IDEMPOTENCY_TTL, Batch, Checkpoint, Execution, IdempotencyKey
+from executions.waits import wait_until
 from notifications import feed
 from sandbox.limits import DEFAULTS
 
@@ -219,7 +219,7 @@ def wait_for(
     seconds = wait_seconds(execution, requested, until_end=until_end)
     if not seconds:
         return execution
-    return await_change(execution, lambda e: e.is_terminal, seconds)
+    return wait_until(execution, lambda e: e.is_terminal, seconds)
 
 
 # --- Checkpoints -------------------------------------------------------------------------------
