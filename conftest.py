@@ -104,7 +104,13 @@ class LiveStack:
 
     Tests that use it need `transactional_db` (rows must be committed to be seen)."""
 
-    def __init__(self, env: dict, workers: int = 2) -> None:
+    # A worker of the `runs` queue (many runs per process) and one of builds and webhooks.
+    WORKERS = {
+        "runs": ["runs", "--worker-class", "aimos.jobs.RunWorker"],
+        "jobs": ["builds", "default", "--with-scheduler"],
+    }
+
+    def __init__(self, env: dict) -> None:
         import subprocess
         import sys
 
@@ -127,7 +133,7 @@ class LiveStack:
                 "aimos.asgi:application",
             ],
         )
-        self.workers = [self.start_worker() for _ in range(workers)]
+        self.workers = [self.start_worker(kind) for kind in self.WORKERS]
         self.upkeep = self._spawn("upkeep", [self.python, "manage.py", "upkeep"])
         self._wait_until_up()
         self.subprocess = subprocess
@@ -145,17 +151,10 @@ class LiveStack:
             start_new_session=True,
         )
 
-    def start_worker(self):
-        argv = [
-            self.python,
-            "manage.py",
-            "rqworker",
-            "runs",
-            "builds",
-            "default",
-            "--with-scheduler",
-        ]
-        return self._spawn("worker", argv)
+    def start_worker(self, kind: str):
+        worker = self._spawn(kind, [self.python, "manage.py", "rqworker", *self.WORKERS[kind]])
+        worker.kind = kind
+        return worker
 
     def _wait_until_up(self) -> None:
         import time
@@ -175,7 +174,7 @@ class LiveStack:
         raise RuntimeError(f"the live web server did not start; see {self.logs}")
 
     def replace_dead_workers(self) -> None:
-        self.workers = [w if w.poll() is None else self.start_worker() for w in self.workers]
+        self.workers = [w if w.poll() is None else self.start_worker(w.kind) for w in self.workers]
 
     def stop(self) -> None:
         import os

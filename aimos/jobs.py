@@ -58,6 +58,36 @@ class SimpleJSONWorker(OwnJobsOnly, SimpleWorker):
     """The same rules, running jobs in its own process (the test suite's burst worker)."""
 
 
+class RunWorker(OwnJobsOnly, SimpleWorker):
+    """The worker of the `runs` queue: it never forks. Its `RunHost` supervises up to
+    `AIMOS_RUNS_PER_WORKER` runs at once in threads of this process; a run's job only claims
+    the run and hands it over, and the next job is taken only while the host has room.
+
+    A warm shutdown (SIGTERM) takes no more jobs and waits for the runs held to end, up to
+    `AIMOS_RUN_WORKER_GRACE_SECONDS`; the lost-run sweep ends what a killed worker held."""
+
+    def work(self, *args, **kwargs) -> bool:
+        from django.conf import settings
+
+        from executions.host import RunHost
+
+        self.host = RunHost(
+            settings.AIMOS_RUNS_PER_WORKER, db_connections=settings.AIMOS_RUN_DB_CONNECTIONS
+        ).start(current=True)
+        try:
+            return super().work(*args, **kwargs)
+        finally:
+            self.host.stop(grace=settings.AIMOS_RUN_WORKER_GRACE_SECONDS)
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        """Wait for room in the host (staying alive for RQ meanwhile), then take a job."""
+        while not self.host.wait_for_room(timeout=1.0):
+            self.heartbeat()
+            if self._stop_requested:
+                return None
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+
 def ping() -> str:
     """Does nothing but answer: the baseline job of `bench/execute.py`."""
     return "pong"

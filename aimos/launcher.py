@@ -30,6 +30,8 @@ def main() -> int:
     from django.core.management import call_command
 
     django.setup()
+    from django.conf import settings
+
     call_command("migrate", interactive=False, verbosity=0)
     call_command("ensure_admin")
     notice = sandbox_notice()
@@ -37,19 +39,9 @@ def main() -> int:
         print(notice, file=sys.stderr)
     host = os.environ.get("AIMOS_HOST", "127.0.0.1")
     port = os.environ.get("AIMOS_PORT", "8000")
-    workers = os.environ.get("AIMOS_WORKERS", "4")
     commands = {
         "web": [PYTHON, "-m", "daphne", "-b", host, "-p", port, "aimos.asgi:application"],
-        "workers": [
-            PYTHON,
-            "manage.py",
-            "rqworker-pool",
-            "builds",
-            "runs",
-            "default",
-            "--num-workers",
-            workers,
-        ],
+        **worker_commands(settings.AIMOS_WORKERS, settings.AIMOS_RUN_WORKERS),
         "upkeep": [PYTHON, "manage.py", "upkeep"],
     }
     children = {
@@ -80,6 +72,17 @@ def main() -> int:
     if own_redis:
         embedded_redis.stop()
     return status
+
+
+def worker_commands(workers: int, run_workers: int) -> dict[str, list[str]]:
+    """The two worker pools: builds and webhook deliveries (a process forked per job), and
+    runs (`aimos.jobs.RunWorker`, many runs per process, never forking)."""
+    pool = [PYTHON, "manage.py", "rqworker-pool"]
+    return {
+        "workers": [*pool, "builds", "default", "--num-workers", str(workers)],
+        "run-workers": [*pool, "runs", "--num-workers", str(run_workers),
+                        "--worker-class", "aimos.jobs.RunWorker"],
+    }  # fmt: skip
 
 
 def sandbox_notice(backend: Backend | None = None) -> str | None:

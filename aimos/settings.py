@@ -213,7 +213,17 @@ RQ_QUEUES = {
     for name in ("builds", "runs", "default")
 }
 RQ = {"WORKER_CLASS": "aimos.jobs.JSONWorker"}
+# Workers of the `builds` and `default` queues (a process forked per job).
 AIMOS_WORKERS = env.integer("AIMOS_WORKERS", 4, minimum=1)
+# Workers of the `runs` queue (aimos.jobs.RunWorker), each supervising many runs at once in
+# threads, and how many; their database connections (shared by all their runs); and how
+# long one that is asked to stop waits for its runs to end.
+AIMOS_RUN_WORKERS = env.integer("AIMOS_RUN_WORKERS", min(4, os.cpu_count() or 1), minimum=1)
+AIMOS_RUNS_PER_WORKER = env.integer(
+    "AIMOS_RUNS_PER_WORKER", min(64, 16 * (os.cpu_count() or 1)), minimum=1
+)
+AIMOS_RUN_DB_CONNECTIONS = env.integer("AIMOS_RUN_DB_CONNECTIONS", 4, minimum=1)
+AIMOS_RUN_WORKER_GRACE_SECONDS = env.number("AIMOS_RUN_WORKER_GRACE_SECONDS", 10.0, minimum=0)
 
 # --- Authentication --------------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ Everything stays on this machine (loopback only) and the script stops by itself:
 - creates the database `aimos_chaos` (dropped at the end) on the PostgreSQL of DATABASE_URL's
   host (default 127.0.0.1:5432, user postgres) and starts `redis-server` on a free loopback port
   (append-only file in a temporary directory, so a restart keeps the queues);
-- starts 2 web processes (daphne on two ports), a pool of 4 RQ workers and the upkeep process,
+- starts 2 web processes (daphne on two ports), 2 RQ workers of builds and webhooks, 2 run
+  workers (many runs each) and the upkeep process,
   with AIMOS_RUN_LEASE_SECONDS=3 and AIMOS_MAINTENANCE_INTERVAL=1;
 - runs a webhook receiver on 127.0.0.1 (AIMOS_WEBHOOK_ALLOW_PRIVATE=1) and registers a webhook
   for the executions' terminal events;
@@ -205,7 +206,11 @@ def platform_env(postgres: Postgres, redis: Redis, sandbox_root: Path) -> dict[s
     }
 
 
-def start_platform(env: dict[str, str], ports: list[int], workers: int, logs: Path) -> dict:
+def start_platform(
+    env: dict[str, str], ports: list[int], workers: int, run_workers: int, logs: Path
+) -> dict:
+    from aimos.launcher import worker_commands
+
     python = sys.executable
     commands = {
         **{
@@ -213,8 +218,7 @@ def start_platform(env: dict[str, str], ports: list[int], workers: int, logs: Pa
                         "aimos.asgi:application"]
             for n, port in enumerate(ports)
         },
-        "workers": [python, "manage.py", "rqworker-pool", "builds", "runs", "default",
-                    "--num-workers", str(workers)],
+        **worker_commands(workers, run_workers),
         "upkeep": [python, "manage.py", "upkeep"],
     }  # fmt: skip
     children = {}
@@ -248,7 +252,8 @@ def main() -> int:  # noqa: C901, PLR0915 — one script, read top to bottom
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2, help="builds and webhooks")
+    parser.add_argument("--run-workers", type=int, default=2, help="runs, many each")
     parser.add_argument("--seconds", type=float, default=3.0, help="how long each run streams")
     parser.add_argument("--kill-every", type=float, default=4.0)
     parser.add_argument("--max-minutes", type=float, default=20.0)
@@ -280,7 +285,7 @@ def main() -> int:  # noqa: C901, PLR0915 — one script, read top to bottom
         )  # fmt: skip
         say(f"database {DATABASE} migrated; redis on port {redis.port}; files in {folder}")
         ports = [free_port(), free_port()]
-        children = start_platform(env, ports, args.workers, folder / "logs")
+        children = start_platform(env, ports, args.workers, args.run_workers, folder / "logs")
         bases = [f"http://127.0.0.1:{port}" for port in ports]
         for base in bases:
             deadline = time.monotonic() + 120
@@ -293,7 +298,7 @@ def main() -> int:  # noqa: C901, PLR0915 — one script, read top to bottom
                 if time.monotonic() > deadline:
                     raise SystemExit(f"{base} did not start; see {folder / 'logs'}")
                 time.sleep(0.3)
-        say(f"web on ports {ports}, {args.workers} workers, upkeep")
+        say(f"web on ports {ports}, {args.workers} + {args.run_workers} run workers, upkeep")
 
         import django
 
@@ -348,8 +353,10 @@ def main() -> int:  # noqa: C901, PLR0915 — one script, read top to bottom
             began = time.monotonic()
             redis_at, postgres_at = began + 12, began + 25
             while not stop_chaos.wait(args.kill_every):
-                pool = children["workers"]
-                processes = worker_processes(pool.pid)
+                processes = {
+                    **worker_processes(children["workers"].pid),
+                    **worker_processes(children["run-workers"].pid),
+                }
                 if processes:
                     victim = random.choice(list(processes))
                     try:

@@ -4,12 +4,23 @@ run's job is queued (services and the lost-run sweep queue through it)."""
 import django_rq
 from django.conf import settings
 
+from executions.host import RunHost
 from executions.supervisor import Supervisor
 
 
 def run_execution(execution_id: str, queued: str | None = None) -> str | None:
-    """Run the execution if it still waits for this job (queued for attempt `queued`)."""
-    return Supervisor(execution_id, queued=None if queued is None else int(queued)).execute()
+    """Take the run if it still waits for this job (queued for attempt `queued`): the host of
+    a run worker supervises it in a thread and the job returns at once; elsewhere (a burst
+    worker) it is supervised here, by a host of its own, and the job returns its status."""
+    supervisor = Supervisor(execution_id, queued=None if queued is None else int(queued))
+    host = RunHost.current()
+    if host is not None:
+        return host.adopt(supervisor)
+    host = RunHost(capacity=1).start()
+    try:
+        return host.supervise_here(supervisor)
+    finally:
+        host.stop()
 
 
 def run_job_id(execution_id, attempt: int) -> str:

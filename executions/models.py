@@ -254,14 +254,19 @@ class Execution(models.Model):
         )
 
     @classmethod
-    def renew_lease(cls, pk, *, lease_seconds: int, attempt: int | None = None) -> bool:
+    def renew_leases(cls, attempts: dict, *, lease_seconds: int) -> set[str]:
+        """Renew, in one statement, the lease of each run `{id: attempt}` still held by that
+        attempt; the ids renewed."""
+        if not attempts:
+            return set()
         expires = timezone.now() + timedelta(seconds=lease_seconds)
-        return cls._move(
-            pk,
-            [ExecutionStatus.RUNNING, ExecutionStatus.PAUSED],
-            fence=attempt,
-            lease_expires_at=expires,
-        )
+        held = models.Q()
+        for pk, attempt in attempts.items():
+            held |= models.Q(pk=pk, attempt=attempt)
+        active = [ExecutionStatus.RUNNING, ExecutionStatus.PAUSED]
+        cls.objects.filter(held, status__in=active).update(lease_expires_at=expires)
+        renewed = cls.objects.filter(held, status__in=active, lease_expires_at=expires)
+        return {str(pk) for pk in renewed.values_list("pk", flat=True)}
 
     @classmethod
     def mark_sandbox_started(cls, pk, *, attempt: int | None = None) -> bool:

@@ -65,7 +65,7 @@ def test_a_stale_attempt_cannot_record_the_outcome(taken_over):
 def test_a_stale_attempt_cannot_renew_the_lease_pause_resume_or_mark_the_sandbox(taken_over):
     before = snapshot(taken_over)
 
-    assert not Execution.renew_lease(taken_over.pk, lease_seconds=600, attempt=1)
+    assert Execution.renew_leases({taken_over.pk: 1}, lease_seconds=600) == set()
     assert not Execution.mark_sandbox_started(taken_over.pk, attempt=1)
     assert not Execution.mark_paused(taken_over.pk, attempt=1)
     Execution.objects.filter(pk=taken_over.pk).update(status=ExecutionStatus.PAUSED)
@@ -77,7 +77,7 @@ def test_a_stale_attempt_cannot_renew_the_lease_pause_resume_or_mark_the_sandbox
 
 def test_the_current_attempt_still_writes(taken_over):
     assert record_events(taken_over.pk, [("log", {"message": "mine"})], attempt=2)
-    assert Execution.renew_lease(taken_over.pk, lease_seconds=30, attempt=2)
+    assert Execution.renew_leases({taken_over.pk: 2}, lease_seconds=30) == {str(taken_over.pk)}
     assert finish(taken_over, ExecutionStatus.COMPLETED, output={"ok": 1}, attempt=2)
 
     row = Execution.objects.get(pk=taken_over.pk)

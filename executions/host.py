@@ -1,0 +1,218 @@
+"""Where runs are supervised: a `RunHost` holds the runs of one worker process.
+
+A run's job claims the run and hands it to the host of the process (`adopt`), which
+supervises it in a thread of its own; the worker goes on to the next job while the host has
+room (`AIMOS_RUNS_PER_WORKER`). One control thread serves every run of the host: it waits
+for control messages on all their Redis lists at once, renews all their leases in one
+statement, flushes their buffered deltas and enforces the longest pause. Database work of
+the runs goes through `AIMOS_RUN_DB_CONNECTIONS` connections, however many runs there are.
+
+A job run outside such a worker (the test suite's burst worker) gets a host of its own for
+that one run (`supervise_here`), doing its database work on its own thread: the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, ClassVar, TypeVar
+
+import django_rq
+from django.conf import settings
+from django.db import connections
+
+from core.transient import TRANSIENT_ERRORS, reconnect
+from executions.control import RunControl
+from executions.models import Execution
+
+if TYPE_CHECKING:
+    from executions.supervisor import Supervisor
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# How long the control thread waits for a control message before its other rounds.
+CONTROL_WAIT_SECONDS = 0.1
+# How long a stopping host gives the runs it ended to record their end.
+STOPPING_SECONDS = 5.0
+
+
+class RunHost:
+    """The runs of one process. `start()` makes it the process's host; `stop()` waits for its
+    runs to end (up to a grace period) and stops its threads."""
+
+    _current: ClassVar[RunHost | None] = None
+
+    def __init__(self, capacity: int, *, db_connections: int = 0) -> None:
+        self.capacity = capacity
+        self.runs: dict[str, Supervisor] = {}
+        self.room = threading.Condition()
+        self.stopping = threading.Event()
+        self.database = (
+            ThreadPoolExecutor(db_connections, thread_name_prefix="run-db")
+            if db_connections
+            else None
+        )
+        self.control = threading.Thread(target=self._control_loop, name="run-control", daemon=True)
+
+    @classmethod
+    def current(cls) -> RunHost | None:
+        return cls._current
+
+    def start(self, *, current: bool = False) -> RunHost:
+        """Start the control thread; with `current`, the process's runs come here."""
+        self.control.start()
+        if current:
+            RunHost._current = self
+        return self
+
+    def stop(self, grace: float = 0.0) -> None:
+        """Take no more runs; wait up to `grace` seconds for those held to end, then end the
+        others `failed`/`lost` (their sandboxes killed) and stop."""
+        if RunHost._current is self:
+            RunHost._current = None
+        if not self._wait_for_runs(grace):
+            for supervisor in self._held():
+                supervisor.stop_for_shutdown()
+            self._wait_for_runs(STOPPING_SECONDS)
+        self.stopping.set()
+        if self.control.is_alive():
+            self.control.join()
+        if self.database is not None:
+            self.database.shutdown(wait=True)
+
+    def _wait_for_runs(self, seconds: float) -> bool:
+        """Wait up to `seconds` for the runs held to end; whether none is left."""
+        with self.room:
+            return self.room.wait_for(lambda: not self.runs, seconds)
+
+    # --- admission ---------------------------------------------------------------------------
+
+    def has_room(self) -> bool:
+        with self.room:
+            return len(self.runs) < self.capacity
+
+    def wait_for_room(self, timeout: float) -> bool:
+        with self.room:
+            return self.room.wait_for(lambda: len(self.runs) < self.capacity, timeout)
+
+    def adopt(self, supervisor: Supervisor) -> str | None:
+        """In the run's job: claim the run, then supervise it in a thread of its own. Returns
+        "supervising", or None when the run is not this job's to take."""
+        if not supervisor.claim(self):
+            return None
+        self._hold(supervisor)
+        threading.Thread(
+            target=self._supervise,
+            args=(supervisor,),
+            name=f"run-{supervisor.execution_id}",
+            daemon=True,
+        ).start()
+        return "supervising"
+
+    def supervise_here(self, supervisor: Supervisor) -> str | None:
+        """Claim and supervise the run in the calling thread; its final status."""
+        if not supervisor.claim(self):
+            return None
+        self._hold(supervisor)
+        try:
+            return supervisor.supervise()
+        finally:
+            self._release(supervisor)
+
+    def _supervise(self, supervisor: Supervisor) -> None:
+        try:
+            supervisor.supervise()
+        except Exception:  # logged and recorded by the supervisor
+            pass
+        finally:
+            self._release(supervisor)
+            connections.close_all()
+
+    def _hold(self, supervisor: Supervisor) -> None:
+        with self.room:
+            self.runs[str(supervisor.execution_id)] = supervisor
+
+    def _release(self, supervisor: Supervisor) -> None:
+        with self.room:
+            self.runs.pop(str(supervisor.execution_id), None)
+            self.room.notify_all()
+
+    # --- the database ------------------------------------------------------------------------
+
+    def db(self, call: Callable[[], T]) -> T:
+        """`call()` on one of the host's database connections (on this thread's own when the
+        host has none)."""
+        if self.database is None:
+            return call()
+        return self.database.submit(call).result()
+
+    # --- the control thread ------------------------------------------------------------------
+
+    def _held(self) -> list[Supervisor]:
+        with self.room:
+            return list(self.runs.values())
+
+    def _control_loop(self) -> None:
+        controls = django_rq.get_connection("runs")
+        lease = settings.AIMOS_RUN_LEASE_SECONDS
+        renew_every = max(1.0, lease / 3)
+        next_renewal = time.monotonic() + renew_every
+        try:
+            while not self.stopping.is_set():
+                held = self._held()
+                started = [s for s in held if s.run is not None]
+                if not started:
+                    self.stopping.wait(CONTROL_WAIT_SECONDS)
+                else:
+                    self._deliver_controls(controls, started)
+                for supervisor in started:
+                    supervisor.flush_if_due()
+                now = time.monotonic()
+                if held and now >= next_renewal:
+                    next_renewal = now + (renew_every if self._renew(held, lease) else 0.2)
+                for supervisor in started:
+                    supervisor.check_pause_limit()
+        finally:
+            controls.close()
+            connections.close_all()
+
+    def _deliver_controls(self, controls, started: list[Supervisor]) -> None:
+        """Wait for the next control message of any started run and apply it."""
+        by_id = {s.execution_id: s for s in started}
+        try:
+            message = RunControl.receive_any(controls, list(by_id), CONTROL_WAIT_SECONDS)
+        except TRANSIENT_ERRORS:  # Redis restarting: the controls wait in their lists
+            self.stopping.wait(0.2)
+            return
+        if message is not None:
+            execution_id, control = message
+            supervisor = by_id.get(execution_id)
+            if supervisor is not None:
+                supervisor.apply(control)
+
+    def _renew(self, held: list[Supervisor], lease: int) -> bool:
+        """Renew the leases of every run held, in one statement; a run whose lease is lost
+        is killed, and so is one whose lease could not be renewed for a whole lease (the
+        sweep may declare it lost any moment). False when the database could not be reached."""
+        attempts = {s.execution_id: s.attempt for s in held if s.attempt is not None}
+        try:
+            renewed = Execution.renew_leases(attempts, lease_seconds=lease)
+        except TRANSIENT_ERRORS:
+            reconnect()
+            now = time.monotonic()
+            for supervisor in held:
+                if now - supervisor.renewed_at >= lease:
+                    supervisor.lose_lease("its lease could not be renewed")
+            return False
+        now = time.monotonic()
+        for supervisor in held:
+            if supervisor.execution_id in renewed:
+                supervisor.renewed_at = now
+            elif supervisor.execution_id in attempts:
+                supervisor.lose_lease("its lease is lost")
+        return True

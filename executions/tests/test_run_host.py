@@ -1,0 +1,58 @@
+"""Many runs in one worker process: the run worker's host supervises them at once in threads,
+each with its own lease, events and controls."""
+
+import pytest
+
+from executions.models import Execution
+from executions.tests.live import Client, deploy, wait_for_events, wait_for_status
+
+pytestmark = pytest.mark.slow
+
+TERMINAL = ["completed", "failed", "cancelled", "timed_out"]
+
+
+def test_twenty_sleeping_runs_share_one_worker_and_all_complete_without_gaps(live, owner):
+    client = Client(live, owner)
+    agent_id = deploy(client, "slow")
+    ids = []
+    for _ in range(20):
+        response = client.post(
+            f"/agents/{agent_id}/execute", json={"input": {"seconds": 2, "interval": 0.25}}
+        )
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["id"])
+
+    ended = [wait_for_status(client, execution_id, TERMINAL, timeout=120) for execution_id in ids]
+
+    assert {run["status"] for run in ended} == {"completed"}
+    for execution_id in ids:
+        events = client.get(f"/executions/{execution_id}/events", params={"limit": 1000}).json()
+        assert [event["seq"] for event in events] == list(range(1, len(events) + 1))
+        assert [event["type"] for event in events].count("content_delta") == 8
+    rows = Execution.objects.filter(pk__in=ids)
+    # One worker process held them all, and all at once: each started before any ended.
+    assert len({row.worker for row in rows}) == 1
+    assert max(row.started_at for row in rows) < min(row.finished_at for row in rows)
+
+
+def test_controls_reach_each_of_several_runs_held_by_one_worker(live, owner):
+    client = Client(live, owner)
+    agent_id = deploy(client, "slow")
+    ids = [
+        client.post(
+            f"/agents/{agent_id}/execute", json={"input": {"seconds": 30, "interval": 0.1}}
+        ).json()["id"]
+        for _ in range(3)
+    ]
+    for execution_id in ids:
+        wait_for_events(client, execution_id, "content_delta", 1)
+    paused, cancelled, untouched = ids
+
+    assert client.post(f"/executions/{paused}/pause").json()["status"] == "paused"
+    assert client.post(f"/executions/{cancelled}/cancel").json()["status"] == "cancelled"
+    assert client.get(f"/executions/{untouched}").json()["status"] == "running"
+    assert client.post(f"/executions/{paused}/resume").json()["status"] == "running"
+    for execution_id in (paused, untouched):
+        assert client.post(f"/executions/{execution_id}/cancel").json()["status"] == "cancelled"
+    rows = Execution.objects.filter(pk__in=ids)
+    assert len({row.worker for row in rows}) == 1
