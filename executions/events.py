@@ -9,12 +9,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from core.live import send_soon
 from executions.choices import TERMINAL_EVENTS
 from executions.models import Checkpoint, Execution, ExecutionEvent, text_column
 
@@ -76,19 +77,14 @@ def record_events(
 
 
 def publish(execution_id, messages: list[dict]) -> None:
-    """Send events to the channel-layer group of the execution, as one message.
+    """Send events to the channel-layer group of the execution, as one message, in order with
+    the ones sent before (`core.live`: one sending thread per process, no loop per message).
 
     Not to the owner's group: the user feed carries lifecycle messages only, and every delta
     there would fill the buffers of feed sockets, which then drop messages.
     """
-    layer = get_channel_layer()
-    if layer is None or not messages:
-        return
-    payload = {"type": "execution.events", "events": messages}
-    try:
-        async_to_sync(layer.group_send)(group_name(execution_id), payload)
-    except Exception:  # live delivery is best effort: the log in the database is the record
-        logger.exception("could not publish events of execution %s", execution_id)
+    if messages:
+        send_soon(group_name(execution_id), {"type": "execution.events", "events": messages})
 
 
 def events_after(execution: Execution, after: int = 0, limit: int | None = None):
