@@ -2,14 +2,17 @@
 
 Nothing here knows Django models. A backend builds a version's environment
 (`prepare`), imports its entrypoint inside the sandbox (`inspect`) and starts runs
-(`start`); a `Run` handle streams events and is paused, resumed and killed by the host.
+(`start`, or ahead of time with `warm`); a `Run` handle streams events and is paused,
+resumed and killed by the host.
 """
 
 from __future__ import annotations
 
 import abc
+import threading
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +129,114 @@ class Run(abc.ABC):
         """Wait for the end (draining events not yet read) and return the outcome."""
 
 
+class WarmSandbox(abc.ABC):
+    """A sandbox started ahead of one run of `entrypoint` of `env`, under `limits` (whose
+    timeout the run may change): taken once, or discarded, never both and never twice.
+
+    Where a backend can, the runner has already imported the entrypoint (with the manifest's
+    `env` set) and waits for the run's request, so the run skips the start of the sandbox and
+    the import. The run's own `env_vars` are set only when it is taken: they are not visible
+    to code that runs at import time. A take may shorten the timeout, never lengthen it: limits
+    that follow it (the process backend's CPU seconds) were set when the sandbox started, and
+    only lowered to the run's own then.
+    """
+
+    def __init__(self, env: Environment, entrypoint: str, limits: Limits) -> None:
+        self.env = env
+        self.entrypoint = entrypoint
+        self.limits = limits
+        self.started = time.monotonic()
+        self._used = False
+        self._used_lock = threading.Lock()
+
+    def _claim(self) -> bool:
+        """Mark the sandbox used; False when it already was (taken or discarded)."""
+        with self._used_lock:
+            if self._used:
+                return False
+            self._used = True
+            return True
+
+    def _limits_for(self, timeout_seconds: float | None) -> Limits:
+        """The run's limits; ValueError for a timeout longer than the sandbox's."""
+        if timeout_seconds is None:
+            return self.limits
+        if timeout_seconds > self.limits.timeout_seconds:
+            raise ValueError(
+                f"a sandbox warmed for {self.limits.timeout_seconds:g} s cannot run for "
+                f"{timeout_seconds:g} s"
+            )
+        return replace(self.limits, timeout_seconds=timeout_seconds)
+
+    @abc.abstractmethod
+    def take(
+        self,
+        payload: Any,
+        *,
+        state: Any = None,
+        env_vars: dict[str, str] | None = None,
+        timeout_seconds: float | None = None,
+        run_id: str | None = None,
+    ) -> Run:
+        """The run, as `Backend.start` would give it; its clock starts now. Raises SandboxError
+        when the sandbox was already taken or discarded, ValueError when `payload` or `state`
+        is not JSON-serialisable or `timeout_seconds` is longer than `limits`' (the sandbox
+        then stays unused)."""
+
+    @abc.abstractmethod
+    def discard(self) -> None:
+        """Kill and delete the sandbox unless it was taken; returns when nothing of it is left
+        (processes, cgroups, files, its uid)."""
+
+    @abc.abstractmethod
+    def alive(self) -> bool:
+        """True while the sandbox can still be taken (unused, and not dead on its own)."""
+
+    @abc.abstractmethod
+    def ready(self) -> bool:
+        """True once taking it starts the handler at once (the import is done, or failed)."""
+
+
+class ColdSandbox(WarmSandbox):
+    """What `Backend.warm` gives by default: nothing is started ahead; `take` starts the run
+    cold, so the run's `env_vars` are visible at import time too."""
+
+    def __init__(self, backend: Backend, env: Environment, entrypoint: str, limits: Limits):
+        super().__init__(env, entrypoint, limits)
+        self.backend = backend
+
+    def take(
+        self,
+        payload: Any,
+        *,
+        state: Any = None,
+        env_vars: dict[str, str] | None = None,
+        timeout_seconds: float | None = None,
+        run_id: str | None = None,
+    ) -> Run:
+        limits = self._limits_for(timeout_seconds)
+        if not self._claim():
+            raise SandboxError("a warm sandbox is used once")
+        return self.backend.start(
+            self.env,
+            self.entrypoint,
+            payload,
+            state=state,
+            limits=limits,
+            env_vars=env_vars,
+            run_id=run_id,
+        )
+
+    def discard(self) -> None:
+        self._claim()
+
+    def alive(self) -> bool:
+        return not self._used
+
+    def ready(self) -> bool:
+        return True
+
+
 class Backend(abc.ABC):
     name: str
 
@@ -167,6 +278,12 @@ class Backend(abc.ABC):
     ) -> Run:
         """Start a run of `entrypoint` with `payload` (and restored `state`). `run_id` names
         the run for `kill_run`."""
+
+    def warm(self, env: Environment, entrypoint: str, *, limits: Limits) -> WarmSandbox:
+        """A sandbox for one later run of `entrypoint`, walled exactly as `start` walls one,
+        started now where the backend can (see `WarmSandbox`); this default starts nothing
+        and the run starts cold when taken. The manifest's `env` comes from `env.manifest`."""
+        return ColdSandbox(self, env, entrypoint, limits)
 
     def kill_run(self, run_id: str) -> None:
         """Kill what is left of a run whose supervisor died (its worker was killed).

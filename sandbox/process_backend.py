@@ -10,6 +10,9 @@ the network through the egress proxy: builds, and runs allowed the network). Tha
 line is built from plain values by `sandbox.process_command.SandboxCommand`; this module makes
 what it names (run directory, uid lease, cgroups, proxy, seccomp fd) and starts it.
 
+A warm sandbox (`warm`) is the same sandbox started before its run: the runner imports the
+entrypoint and waits on stdin for the run's request (`sandbox.protocol.WarmStream`).
+
 Every process of a run is found through its cgroup or its dedicated uid (`confinement`).
 The PID namespace dies with its init, so a run's daemons die with the run; the launcher dies
 with the worker process, so a crashed worker leaves no run going (`sweep()` then deletes
@@ -48,6 +51,7 @@ from sandbox.base import (
     Run,
     SandboxError,
     SandboxUnavailable,
+    WarmSandbox,
 )
 from sandbox.confinement import (
     KILL_DEADLINE_S,
@@ -64,8 +68,15 @@ from sandbox.confinement import (
 )
 from sandbox.egress import SOCKET_NAME, EgressPolicy, EgressProxy
 from sandbox.limits import INSPECT_LIMITS
-from sandbox.process_command import SandboxCommand, namespace_args, system_links
-from sandbox.protocol import RUNNER_PATH, StreamRun, inspection_from, run_request
+from sandbox.process_command import SandboxCommand, cpu_seconds, namespace_args, system_links
+from sandbox.protocol import (
+    RUNNER_PATH,
+    StreamRun,
+    WarmStream,
+    inspection_from,
+    run_request,
+    warm_request,
+)
 from sandbox.requirements import BuildRules, check_source_builds, requirements_file, tree_size
 
 logger = logging.getLogger("aimos.sandbox")
@@ -126,13 +137,15 @@ class ProcessRun(StreamRun):
         self.members.thaw()
 
     def _kill_all(self) -> None:
-        self.members.kill()
-        if self.members.cgroups is None:
-            # bwrap and its namespace init run as root, outside the uid: end them too.
+        if not self._reaped.is_set():
+            # The launcher first: until it has joined the cgroups they hold nothing of the run
+            # (a warm sandbox may be discarded that early), and bwrap and its namespace init
+            # run as root, outside the uid. Once it is dead nothing joins the cgroups any more.
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        self.members.kill()
         self._reaped.wait(KILL_DEADLINE_S)
 
     def _exit_status(self) -> int | None:
@@ -161,6 +174,14 @@ class ProcessRun(StreamRun):
 
     def _diagnostics(self) -> str:
         return b"".join(self._stderr).decode("utf-8", "replace")[-2000:]
+
+    def _send(self, request: bytes) -> None:
+        threading.Thread(target=_feed, args=(self.proc, request), daemon=True).start()
+
+    def _take_fields(self, limits: Limits) -> dict[str, Any]:
+        """The run's own RLIMIT_CPU, which follows its timeout: the runner lowers the warm
+        sandbox's to it (lowering needs no privilege, unlike a prlimit from this side)."""
+        return {"cpu_seconds": list(cpu_seconds(limits))}
 
     def _release(self) -> None:
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
@@ -508,7 +529,15 @@ class ProcessBackend(Backend):
         request = run_request(env, entrypoint, payload, state=state, env_vars=env_vars)
         return self._start(env, request, limits)
 
-    def _start(self, env: Environment, request: bytes, limits: Limits) -> ProcessRun:
+    def warm(self, env: Environment, entrypoint: str, *, limits: Limits) -> WarmSandbox:
+        """The sandbox `start` would start, started now: its runner imports `entrypoint` with
+        the manifest's `env` set, then waits for the run's request (see `WarmSandbox`)."""
+        run = self._start(env, warm_request(env, entrypoint), limits, warm=True)
+        return WarmStream(run, env, entrypoint, limits)
+
+    def _start(
+        self, env: Environment, request: bytes, limits: Limits, *, warm: bool = False
+    ) -> ProcessRun:
         isolated = self._check_isolation()
         location = Path(env.location)
         if not (location / "venv").is_dir():
@@ -521,8 +550,11 @@ class ProcessBackend(Backend):
         egress = EgressPolicy.for_run().with_host_addresses() if limits.network else None
         run = self._spawn(location / "venv", location / "code", argv, limits=limits,
                           isolated=isolated, egress=egress)  # fmt: skip
-        run._begin(run.proc.stdout)
-        threading.Thread(target=_feed, args=(run.proc, request), daemon=True).start()
+        run._begin(run.proc.stdout, warm=warm)
+        if warm:
+            _feed(run.proc, request, close=False)  # a small line; the run's request follows
+        else:
+            run._send(request)
         return run
 
     def _spawn(
@@ -620,12 +652,16 @@ class ProcessBackend(Backend):
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _feed(proc: subprocess.Popen, request: bytes) -> None:
-    """Write the runner's request on its stdin and close it (the runner may already be gone)."""
+def _feed(proc: subprocess.Popen, request: bytes, *, close: bool = True) -> None:
+    """Write a request on the runner's stdin, then close it unless another request follows
+    (the runner may already be gone)."""
     assert proc.stdin is not None
     try:
         proc.stdin.write(request)
-        proc.stdin.close()
+        if close:
+            proc.stdin.close()
+        else:
+            proc.stdin.flush()
     except (BrokenPipeError, OSError, ValueError):
         pass
 

@@ -69,16 +69,22 @@ def system_links() -> tuple[str, ...]:
     return tuple(args)
 
 
+def cpu_seconds(limits: Limits) -> tuple[int, int]:
+    """RLIMIT_CPU (soft, hard) of a run: a backstop past its timeout, at its CPU share."""
+    soft = math.ceil(limits.timeout_seconds * max(1.0, limits.cpus)) + 1
+    return soft, soft + 2
+
+
 def prlimit_args(prlimit: str, limits: Limits, *, per_uid: bool) -> list[str]:
     """rlimits of every process of the run. RLIMIT_NPROC counts per real uid, so it is set
     only when the run has a uid of its own."""
-    cpu = math.ceil(limits.timeout_seconds * max(1.0, limits.cpus)) + 1
+    soft, hard = cpu_seconds(limits)
     args = [
         prlimit,
         f"--data={limits.memory_mb * MB}",
         f"--fsize={limits.max_file_mb * MB}",
         f"--nofile={limits.max_open_files}",
-        f"--cpu={cpu}:{cpu + 2}",
+        f"--cpu={soft}:{hard}",
         "--core=0",
     ]
     if per_uid:

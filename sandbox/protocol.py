@@ -15,6 +15,13 @@ pause/resume/kill and the final `Outcome`. A backend subclass starts the sandbox
     _oom_killed()   optional: did the kernel's OOM killer act on the run?
     _diagnostics()  optional: text explaining a sandbox failure (e.g. stderr of the launcher)
     _release()      optional: free what the run held (cgroups, workspace), after the outcome
+    _send(request)  warm sandboxes only: hand the run's request to the runner, then end its stdin
+    _take_fields(limits)  optional, warm sandboxes: more fields of the run's request (rlimits)
+
+A warm sandbox (`WarmStream`) is a `StreamRun` begun with `warm=True` whose runner got a
+`warm_request`: the runner imports the entrypoint, says `ready` (consumed here, never an event
+of the run) and waits; what it printed meanwhile is read and kept as the run's first events.
+Taking it sends the run's request and starts the clock; from then on it is that run.
 """
 
 from __future__ import annotations
@@ -38,10 +45,13 @@ from sandbox.base import (
     Limits,
     Outcome,
     Run,
+    SandboxError,
     Status,
+    WarmSandbox,
 )
 
 TERMINAL_TYPES = frozenset({"result", "error", "inspection"})
+READY = "ready"  # a warm sandbox's runner has imported the entrypoint and waits for its request
 # The one shape of an event type (the runner checks it too): a type travels into SSE frames
 # and WebSocket messages, so it never carries a newline or anything a frame is made of.
 EVENT_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -65,13 +75,15 @@ def encode_request(
     *,
     state: Any = None,
     env: dict[str, str] | None = None,
+    fields: dict[str, Any] | None = None,
 ) -> bytes:
-    """The JSON document the runner reads on stdin (`env` travels here, never in argv)."""
+    """One line of JSON the runner reads on stdin (`env` travels here, never in argv)."""
     request = {"mode": mode, "entrypoint": entrypoint, "payload": payload, "state": state}
+    request.update(fields or {})
     if env:
         request["env"] = {str(k): str(v) for k, v in env.items()}
     try:
-        return json.dumps(request).encode()
+        return json.dumps(request).encode() + b"\n"
     except (TypeError, ValueError) as exc:
         raise ValueError(f"payload and state must be JSON-serialisable: {exc}") from None
 
@@ -89,6 +101,12 @@ def run_request(
     overridden by `env_vars`, travels with it on stdin."""
     variables = {**(env.manifest.get("env") or {}), **(env_vars or {})}
     return encode_request(mode, entrypoint, payload, state=state, env=variables)
+
+
+def warm_request(env: Environment, entrypoint: str) -> bytes:
+    """The first request of a warm sandbox: import `entrypoint` with the manifest's `env` set,
+    then wait for the run's request (`encode_request("run", …)` with the run's own variables)."""
+    return encode_request("warm", entrypoint, env=env.manifest.get("env") or {})
 
 
 def parse_line(line: bytes) -> Event | None:
@@ -181,6 +199,7 @@ class StreamRun(Run):
         self._outcome: Outcome | None = None
         self._stream: BinaryIO | None = None
         self._reader: threading.Thread | None = None
+        self.ready = threading.Event()  # a warm sandbox's runner said `ready` (cold: at once)
 
     # --- hooks --------------------------------------------------------------------------
 
@@ -208,18 +227,38 @@ class StreamRun(Run):
     def _release(self) -> None:
         pass
 
+    def _send(self, request: bytes) -> None:
+        raise NotImplementedError
+
+    def _take_fields(self, limits: Limits) -> dict[str, Any]:
+        return {}
+
     # --- lifecycle ----------------------------------------------------------------------
 
-    def _begin(self, stream: BinaryIO) -> None:
-        """Start reading `stream` (anything with `readline(size)` returning bytes) and the
-        clock. Call once, right after the sandbox started."""
+    def _begin(self, stream: BinaryIO, *, warm: bool = False) -> None:
+        """Start reading `stream` (anything with `readline(size)` returning bytes) and, unless
+        the sandbox is `warm` (its clock starts at `_take`), the clock. Call once, right after
+        the sandbox started."""
         self._stream = stream
-        with self._lock:
-            self._since = time.monotonic()
+        if not warm:
+            self.ready.set()
         self._reader = threading.Thread(target=self._read, name="run-reader", daemon=True)
         self._reader.start()
         threading.Thread(target=self._supervise, name="run-supervisor", daemon=True).start()
+        if not warm:
+            self._start_clock()
+
+    def _start_clock(self) -> None:
+        with self._lock:
+            self._since = time.monotonic()
         threading.Thread(target=self._watch_clock, name="run-clock", daemon=True).start()
+
+    def _take(self, request: bytes, limits: Limits) -> None:
+        """The run of a warm sandbox begins: its limits (its timeout may be shorter than the
+        warm sandbox's), the clock, then the request."""
+        self.limits = limits
+        self._start_clock()
+        self._send(request)
 
     def _active_seconds(self) -> float:
         with self._lock:
@@ -297,6 +336,11 @@ class StreamRun(Run):
                 return
             if self._reason is not None or self._terminal is not None:
                 continue
+            if not self.ready.is_set():
+                said = parse_line(line)
+                if said is not None and said.type == READY:
+                    self.ready.set()
+                    continue
             self._output_bytes += len(line)
             if self._output_bytes > budget:
                 self._events.put(
@@ -494,3 +538,41 @@ class StreamRun(Run):
             raise TimeoutError("the run is still going")
         assert self._outcome is not None
         return self._outcome
+
+
+class WarmStream(WarmSandbox):
+    """A warm sandbox of a backend whose runs are `StreamRun`s (see the module docstring)."""
+
+    def __init__(self, run: StreamRun, env: Environment, entrypoint: str, limits: Limits):
+        super().__init__(env, entrypoint, limits)
+        self.run = run
+
+    def take(
+        self,
+        payload: Any,
+        *,
+        state: Any = None,
+        env_vars: dict[str, str] | None = None,
+        timeout_seconds: float | None = None,
+        run_id: str | None = None,
+    ) -> Run:
+        """The run; `run_id` is not used (the sandbox was named when it started)."""
+        limits = self._limits_for(timeout_seconds)
+        request = encode_request(
+            "run", self.entrypoint, payload, state=state, env=env_vars,
+            fields=self.run._take_fields(limits),
+        )  # fmt: skip
+        if not self._claim():
+            raise SandboxError("a warm sandbox is used once")
+        self.run._take(request, limits)
+        return self.run
+
+    def discard(self) -> None:
+        if self._claim():
+            self.run.kill()
+
+    def alive(self) -> bool:
+        return not self._used and not self.run._finished.is_set()
+
+    def ready(self) -> bool:
+        return self.run.ready.is_set()

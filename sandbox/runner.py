@@ -2,12 +2,19 @@
 
 Standard library only; it runs inside the sandbox with the version's Python. Usage:
 
-    python -I runner.py <code_dir>   # one JSON request on stdin, JSON lines on stdout
+    python -I runner.py <code_dir>   # JSON requests on stdin, JSON lines on stdout
 
-Request: {"mode": "run" | "inspect", "entrypoint": "pkg.module:function",
-          "payload": ..., "state": ..., "env": {NAME: value}}
+Request, one line of JSON: {"mode": "run" | "inspect" | "warm",
+          "entrypoint": "pkg.module:function", "payload": ..., "state": ..., "env": {NAME: value}}
 ("env" is optional: variables set before the agent is imported; it travels on stdin so
 that secrets never appear in a command line.)
+
+Warm mode: the first request ({"mode": "warm", "entrypoint", "env"}) has the entrypoint
+imported at once, then the runner sends `{"type": "ready", "data": {}}` and reads a second
+request: the run's ({"mode": "run"}, the same entrypoint, its payload, state and own "env",
+set after the import and before the handler is called; with "cpu_seconds": [soft, hard],
+the run's own RLIMIT_CPU, lowered from the warm sandbox's). An import that failed is
+reported when that request arrives, as a cold run reports it. Anything else is refused.
 
 Guarantees:
 - Only this runner writes the protocol. The real stdout is moved to a private fd first;
@@ -41,9 +48,15 @@ from __future__ import annotations
 import os
 import sys
 
-# First thing, before any import that might print: keep the real stdout for the protocol
-# (os.dup gives a non-inheritable fd) and put pipes under fd 1 and fd 2.
+# First thing, before any import that might print: keep the real stdout for the protocol and
+# the real stdin for the requests (os.dup gives non-inheritable fds), put /dev/null under fd 0
+# (a warm sandbox's request arrives after the agent's import-time code ran) and pipes under
+# fd 1 and fd 2.
 _PROTOCOL_FD = os.dup(1)
+_REQUEST_FD = os.dup(0)
+_null = os.open(os.devnull, os.O_RDONLY)
+os.dup2(_null, 0)
+os.close(_null)
 _OUT_READ, _out_write = os.pipe()
 _ERR_READ, _err_write = os.pipe()
 os.dup2(_out_write, 1)
@@ -55,6 +68,7 @@ import errno  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
+import resource  # noqa: E402
 import threading  # noqa: E402
 from collections.abc import Awaitable  # noqa: E402
 from types import AsyncGeneratorType, GeneratorType  # noqa: E402
@@ -338,10 +352,49 @@ def describe(exc: BaseException) -> dict:
     }
 
 
-def run(request: dict, protocol: Protocol) -> tuple[str, dict]:
+def read_request(requests) -> dict:
+    """The next request: one line of JSON, an object."""
+    request = json.loads(requests.readline())
+    if not isinstance(request, dict):
+        raise ValueError("a request must be a JSON object")
+    return request
+
+
+def set_env(request: dict) -> None:
+    for name, value in (request.get("env") or {}).items():
+        os.environ[str(name)] = str(value)
+
+
+def load(entrypoint: str) -> tuple:
+    """(handler, None), or (None, the exception) when importing the entrypoint failed."""
+    try:
+        loaded = resolve(entrypoint), None
+    except BaseException as exc:  # noqa: BLE001 — reported as the run's result
+        loaded = None, exc
+    if os.getpid() != MAIN_PID:
+        os._exit(1)  # a process forked at import time never gets to the runner's code
+    return loaded
+
+
+def await_run(requests, protocol: Protocol, entrypoint: str) -> dict:
+    """Warm mode, once the entrypoint is imported: say so, then wait for the run's request."""
+    protocol.send("ready", {})
+    request = read_request(requests)
+    if request.get("mode") != "run" or request.get("entrypoint") != entrypoint:
+        raise ValueError(f"a sandbox warmed for {entrypoint!r} takes a run of it only")
+    if request.get("cpu_seconds") is not None:
+        soft, hard = request["cpu_seconds"]
+        resource.setrlimit(resource.RLIMIT_CPU, (int(soft), int(hard)))
+    set_env(request)
+    return request
+
+
+def run(request: dict, protocol: Protocol, loaded: tuple) -> tuple[str, dict]:
+    fn, failure = loaded
+    if failure is not None:
+        return "error", describe(failure)
     ctx = Context(protocol, request.get("state"))
     try:
-        fn = resolve(request["entrypoint"])
         output = call_handler(fn, request.get("payload"), ctx)
         try:
             json.dumps(output)
@@ -397,19 +450,22 @@ def main() -> None:
     text = {"buffering": 1, "encoding": "utf-8", "errors": "backslashreplace", "closefd": False}
     sys.stdout = open(1, "w", **text)  # noqa: SIM115
     sys.stderr = open(2, "w", **text)  # noqa: SIM115
-    sys.stdin = open(os.devnull)  # noqa: SIM115 — the request was the whole stdin
+    sys.stdin = open(os.devnull)  # noqa: SIM115 — the requests have their own fd
+    requests = open(_REQUEST_FD, "rb")  # noqa: SIM115
 
     try:
-        request = json.loads(_REQUEST)
-        for name, value in (request.get("env") or {}).items():
-            os.environ[str(name)] = str(value)
+        request = read_request(requests)
+        set_env(request)
         code_dir = sys.argv[1] if len(sys.argv) > 1 else os.getcwd()
         sys.path.insert(0, code_dir)
         os.chdir(code_dir)
         if request.get("mode") == "inspect":
             kind, data = inspect_entrypoint(request["entrypoint"])
         else:
-            kind, data = run(request, protocol)
+            loaded = load(request["entrypoint"])
+            if request.get("mode") == "warm":
+                request = await_run(requests, protocol, request["entrypoint"])
+            kind, data = run(request, protocol, loaded)
     except BaseException as exc:  # noqa: BLE001
         if os.getpid() != MAIN_PID:
             os._exit(1)
@@ -434,8 +490,6 @@ def main() -> None:
     protocol.finish(kind, data)
     os._exit(0 if kind != "error" else 1)
 
-
-_REQUEST = sys.stdin.buffer.read() if sys.stdin is not None else b"{}"
 
 if __name__ == "__main__":
     main()

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox.base import Backend, Environment, Event, Limits, Outcome, Run
+from sandbox.base import Backend, Environment, Event, Limits, Outcome, Run, WarmSandbox
 from sandbox.confinement import pids_of_uid
 from sandbox.requirements import BuildRules
 
@@ -59,6 +59,36 @@ class Recorded:
         return outcome
 
 
+def wait_ready(sandbox: WarmSandbox, timeout: float = 30) -> WarmSandbox:
+    """Wait until the warm sandbox's agent is imported (or its import failed)."""
+    deadline = time.monotonic() + timeout
+    while not sandbox.ready():
+        assert sandbox.alive(), "the warm sandbox died before it was ready"
+        assert time.monotonic() < deadline, "the warm sandbox never became ready"
+        time.sleep(0.01)
+    return sandbox
+
+
+def start_run(
+    backend: Backend,
+    env: Environment,
+    entrypoint: str,
+    payload: Any = None,
+    *,
+    limits: Limits,
+    warm: bool = False,
+    state: Any = None,
+    env_vars: dict[str, str] | None = None,
+) -> Run:
+    """`backend.start`, or (`warm`) a warm sandbox started, waited for until ready, taken."""
+    if not warm:
+        return backend.start(
+            env, entrypoint, payload, state=state, limits=limits, env_vars=env_vars
+        )
+    sandbox = wait_ready(backend.warm(env, entrypoint, limits=limits))
+    return sandbox.take(payload, state=state, env_vars=env_vars)
+
+
 def run_agent(
     backend: Backend,
     env: Environment,
@@ -69,9 +99,13 @@ def run_agent(
     state: Any = None,
     env_vars: dict[str, str] | None = None,
     within: float | None = None,
+    warm: bool = False,
 ) -> tuple[list[Event], Outcome]:
-    """Run to the end; the outcome must come within `within` seconds (default: timeout + 15)."""
-    run = backend.start(env, entrypoint, payload, state=state, limits=limits, env_vars=env_vars)
+    """Run to the end, started cold or (`warm`) from a warm sandbox; the outcome must come
+    within `within` seconds (default: timeout + 15)."""
+    run = start_run(
+        backend, env, entrypoint, payload, limits=limits, warm=warm, state=state, env_vars=env_vars
+    )
     events = list(run.events())
     outcome = run.wait(within if within is not None else limits.timeout_seconds + 15)
     return events, outcome

@@ -6,7 +6,7 @@ addresses, its abstract Unix sockets, cloud metadata and private ranges: directl
 sandbox's own network namespace has no route) and through the egress proxy (which refuses
 before it connects). It tries to fill the host's disk past its workspace cap. Nothing here
 sends a packet outside this machine: the only connections made are refused on loopback or
-never attempted.
+never attempted. Runs are started both ways: cold, and from a warm sandbox (process backend).
 """
 
 from __future__ import annotations
@@ -91,6 +91,14 @@ def attempts(direct, proxied, abstract_name):
 """
 
 
+@pytest.fixture(params=[False, True], ids=["cold", "warm"])
+def warm(request, backend) -> bool:
+    """How the run starts: cold, or taken from a warm sandbox (its agent already imported)."""
+    if request.param and backend.name != "process":
+        pytest.skip("only the process backend starts sandboxes ahead of their runs")
+    return request.param
+
+
 def own_address() -> str:
     """A non-loopback IPv4 address of this host (the sandbox must not reach it)."""
     for address in sorted(host_addresses(), key=str):
@@ -123,7 +131,7 @@ def nobody_connected(server: socket.socket) -> bool:
 # --- runs ------------------------------------------------------------------------------
 
 
-def run_probe(make_agent, backend, payload, *, network: bool):
+def run_probe(make_agent, backend, payload, *, network: bool, warm: bool):
     env = make_agent(
         {
             "agent/__init__.py": "",
@@ -144,11 +152,11 @@ def run_probe(make_agent, backend, payload, *, network: bool):
         }
     )
     limits = replace(TEST_LIMITS, network=network)
-    return run_agent(backend, env, payload, limits=limits)
+    return run_agent(backend, env, payload, limits=limits, warm=warm)
 
 
 def test_a_networked_run_reaches_neither_this_host_nor_private_ranges(
-    backend, make_agent, abstract_listener
+    backend, make_agent, abstract_listener, warm
 ):
     name, server = abstract_listener
     host = own_address()
@@ -166,7 +174,7 @@ def test_a_networked_run_reaches_neither_this_host_nor_private_ranges(
         "[2002:a9fe:a9fe::1]:80",
     ]
     payload = {"direct": direct, "proxied": proxied, "abstract": name}
-    _, outcome = run_probe(make_agent, backend, payload, network=True)
+    _, outcome = run_probe(make_agent, backend, payload, network=True, warm=warm)
     assert outcome.status == Status.COMPLETED, outcome
     found = outcome.output
     assert found["interfaces"] == ["lo"]
@@ -180,14 +188,14 @@ def test_a_networked_run_reaches_neither_this_host_nor_private_ranges(
     assert nobody_connected(server)
 
 
-def test_a_run_without_network_has_no_way_out(backend, make_agent, abstract_listener):
+def test_a_run_without_network_has_no_way_out(backend, make_agent, abstract_listener, warm):
     name, server = abstract_listener
     payload = {
         "direct": ["127.0.0.1:6379", f"{own_address()}:5432", "127.0.0.1:3128"],
         "proxied": ["169.254.169.254:80"],
         "abstract": name,
     }
-    _, outcome = run_probe(make_agent, backend, payload, network=False)
+    _, outcome = run_probe(make_agent, backend, payload, network=False, warm=warm)
     found = outcome.output
     assert found["interfaces"] == ["lo"]
     assert found["proxy variable"] is None
@@ -224,13 +232,18 @@ FILLER = """
 """
 
 
-def test_a_run_cannot_write_past_its_workspace_cap_across_workspace_and_tmp(backend, make_agent):
+def test_a_run_cannot_write_past_its_workspace_cap_across_workspace_and_tmp(
+    backend, make_agent, warm
+):
     env = make_agent({"agent/__init__.py": "", "agent/main.py": FILLER})
-    _, outcome = run_agent(backend, env, None, limits=replace(TEST_LIMITS, workspace_mb=16))
+    limits = replace(TEST_LIMITS, workspace_mb=16)
+    _, outcome = run_agent(backend, env, None, limits=limits, warm=warm)
     assert outcome.status == Status.COMPLETED, outcome
     assert outcome.output["problem"] == "ENOSPC"
     assert outcome.output["written_mb"] <= 16
-    _, after = run_agent(backend, env, None, entrypoint="agent.main:ok", limits=TEST_LIMITS)
+    _, after = run_agent(
+        backend, env, None, entrypoint="agent.main:ok", limits=TEST_LIMITS, warm=warm
+    )
     assert after.status == Status.COMPLETED
     assert [name for name in after.output if name.startswith("fill-")] == []
 
@@ -316,7 +329,7 @@ def test_code_run_by_a_source_build_reaches_nothing_of_this_host(backend_with, t
     assert "connected" not in log
 
 
-def test_a_wheel_requirement_installs_under_the_default_rules(backend_with, tmp_path):
+def test_a_wheel_requirement_installs_under_the_default_rules(backend_with, tmp_path, warm):
     source = tmp_path / "src"
     (source / "agent").mkdir(parents=True)
     (source / "agent/__init__.py").write_text("")
@@ -331,7 +344,7 @@ def test_a_wheel_requirement_installs_under_the_default_rules(backend_with, tmp_
     env = chosen.prepare(source, {}, key=f"t{token()}", log=lines.append)
     try:
         assert any("Successfully installed tinydep" in line for line in lines), lines
-        _, outcome = run_agent(chosen, env, None)
+        _, outcome = run_agent(chosen, env, None, warm=warm)
         assert (outcome.status, outcome.output) == (Status.COMPLETED, 42)
     finally:
         chosen.remove(env)

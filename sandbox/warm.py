@@ -1,0 +1,238 @@
+"""Warm sandboxes kept ready for the next runs of the versions in use.
+
+`WarmPool.take` starts a run as `Backend.start` does, from a sandbox started ahead of it
+(`Backend.warm`: its agent already imported) when one is ready, else cold; it never waits for
+a warm-up. Either way it asks for a replacement, made by the pool's one background thread.
+
+Sandboxes are kept per key — backend, version (`env.key`), entrypoint and limits but the
+timeout — at most `per_key` of a key and `total` in all; a key gets warm sandboxes only while
+the total has room. They are made for the longest timeout taken of their key (a take may
+shorten a sandbox's timeout, not lengthen it: see `WarmSandbox`). A key not taken for
+`idle_seconds` gives its sandboxes back; `drop(env_key)` discards a version's at once (a new
+version, an archived agent), `close()` everything. A warm sandbox is used once: every run gets
+a fresh one.
+
+Nothing of a pool outlives its process: sandboxes die with it (bwrap's --die-with-parent).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sandbox.base import Backend, Environment, Limits, Run, WarmSandbox
+
+logger = logging.getLogger("aimos.sandbox")
+
+Key = tuple[str, str, str, Limits]
+# How long the keeper sleeps at most: a warm sandbox that died on its own (its agent exited at
+# import time, the OOM killer) is noticed and replaced within this.
+CHECK_EVERY_S = 5.0
+
+
+@dataclass(eq=False)
+class _Shelf:
+    """The warm sandboxes of one key, and how to make another (from its latest take)."""
+
+    key: Key
+    backend: Backend
+    env: Environment
+    entrypoint: str
+    limits: Limits
+    used_at: float
+    sandboxes: list[WarmSandbox] = field(default_factory=list)
+    warming: int = 0
+    # False after a warm-up failed or gave a sandbox that died or never became ready: no more
+    # warm-ups until the next take, so a broken version costs one per take at most.
+    wanted: bool = True
+
+
+class WarmPool:
+    """Warm sandboxes per key, made in the background; thread-safe."""
+
+    def __init__(self, *, per_key: int = 2, total: int = 8, idle_seconds: float = 300.0):
+        self.per_key = per_key
+        self.total = total
+        self.idle_seconds = idle_seconds
+        self._shelves: dict[Key, _Shelf] = {}
+        self._changed = threading.Condition()
+        self._closed = False
+        self._keeper: threading.Thread | None = None
+
+    def take(
+        self,
+        backend: Backend,
+        env: Environment,
+        entrypoint: str,
+        payload: Any,
+        *,
+        limits: Limits,
+        state: Any = None,
+        env_vars: dict[str, str] | None = None,
+        run_id: str | None = None,
+    ) -> Run:
+        """`backend.start(env, entrypoint, payload, …)`, from a warm sandbox of the same key
+        when one is ready. Warm, the run's `env_vars` are not visible at import time."""
+        key = (backend.name, env.key, entrypoint, replace(limits, timeout_seconds=0.0))
+        sandbox = None
+        with self._changed:
+            if not self._closed:
+                shelf = self._shelves.get(key)
+                if shelf is None:
+                    shelf = self._shelves[key] = _Shelf(key, backend, env, entrypoint, limits, 0)
+                longest = max(shelf.limits.timeout_seconds, limits.timeout_seconds)
+                shelf.backend, shelf.env = backend, env
+                shelf.limits = replace(limits, timeout_seconds=longest)
+                shelf.used_at = time.monotonic()
+                shelf.wanted = True
+                sandbox = next((s for s in shelf.sandboxes if self._fits(s, limits)), None)
+                if sandbox is not None:
+                    shelf.sandboxes.remove(sandbox)
+                self._wake()
+        if sandbox is None:
+            return backend.start(
+                env,
+                entrypoint,
+                payload,
+                state=state,
+                limits=limits,
+                env_vars=env_vars,
+                run_id=run_id,
+            )
+        try:
+            return sandbox.take(
+                payload,
+                state=state,
+                env_vars=env_vars,
+                timeout_seconds=limits.timeout_seconds,
+                run_id=run_id,
+            )
+        except BaseException:
+            sandbox.discard()
+            raise
+
+    @staticmethod
+    def _fits(sandbox: WarmSandbox, limits: Limits) -> bool:
+        return (
+            sandbox.ready()
+            and sandbox.alive()
+            and sandbox.limits.timeout_seconds >= limits.timeout_seconds
+        )
+
+    def drop(self, env_key: str) -> None:
+        """Discard the warm sandboxes of a version; returns when none is left, those being
+        made included."""
+        with self._changed:
+            shelves = [shelf for key, shelf in self._shelves.items() if key[1] == env_key]
+            for shelf in shelves:
+                del self._shelves[shelf.key]
+            leaving = [sandbox for shelf in shelves for sandbox in shelf.sandboxes]
+        for sandbox in leaving:
+            sandbox.discard()
+        with self._changed:
+            while any(shelf.warming for shelf in shelves):
+                self._changed.wait()
+
+    def close(self) -> None:
+        """Discard every warm sandbox; returns when none is left. Later takes start cold."""
+        with self._changed:
+            self._closed = True
+            leaving = [sandbox for shelf in self._shelves.values() for sandbox in shelf.sandboxes]
+            self._shelves.clear()
+            self._changed.notify_all()
+            keeper = self._keeper
+        for sandbox in leaving:
+            sandbox.discard()
+        if keeper is not None:
+            keeper.join()
+
+    # --- the keeper -------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        """Called with the lock held: let the keeper look again (started on first use)."""
+        if self._keeper is None:
+            self._keeper = threading.Thread(target=self._keep, name="warm-pool", daemon=True)
+            self._keeper.start()
+        self._changed.notify_all()
+
+    def _keep(self) -> None:
+        """Give back what is idle, dead or stuck, then make one sandbox where one is missing;
+        sleep until the next thing to do."""
+        while True:
+            with self._changed:
+                leaving = self._leaving(time.monotonic())
+                shelf = None if self._closed else self._wanting()
+                if shelf is not None:
+                    shelf.warming += 1
+                elif not leaving:
+                    if self._closed:
+                        return
+                    self._changed.wait(self._next_check(time.monotonic()))
+                    continue
+            for sandbox in leaving:
+                sandbox.discard()
+            if shelf is not None:
+                self._warm(shelf)
+
+    def _warm(self, shelf: _Shelf) -> None:
+        try:
+            sandbox = shelf.backend.warm(shelf.env, shelf.entrypoint, limits=shelf.limits)
+        except Exception:  # noqa: BLE001 — the runs of the key start cold meanwhile
+            logger.exception("could not warm a sandbox of %s", shelf.entrypoint)
+            sandbox = None
+        with self._changed:
+            kept = (
+                sandbox is not None and not self._closed and self._shelves.get(shelf.key) is shelf
+            )
+            if kept:
+                shelf.sandboxes.append(sandbox)
+            elif sandbox is None:
+                shelf.wanted = False
+        if sandbox is not None and not kept:
+            sandbox.discard()
+        with self._changed:
+            shelf.warming -= 1
+            self._changed.notify_all()
+
+    def _leaving(self, now: float) -> list[WarmSandbox]:
+        """Take off the shelves (lock held) the sandboxes of idle keys, the dead, those not
+        ready within a run's timeout (an import slower than a whole run is of no use), and
+        those made for a shorter timeout than their key's runs now take."""
+        leaving = []
+        for key, shelf in list(self._shelves.items()):
+            if now - shelf.used_at > self.idle_seconds:
+                leaving += shelf.sandboxes
+                del self._shelves[key]
+                continue
+            for sandbox in list(shelf.sandboxes):
+                stuck = not sandbox.ready() and now - sandbox.started > shelf.limits.timeout_seconds
+                if stuck or not sandbox.alive():
+                    shelf.wanted = False
+                elif sandbox.limits == shelf.limits:
+                    continue
+                shelf.sandboxes.remove(sandbox)
+                leaving.append(sandbox)
+        return leaving
+
+    def _wanting(self) -> _Shelf | None:
+        """The most recently used shelf short of sandboxes, while the total has room."""
+        shelves = self._shelves.values()
+        if sum(len(shelf.sandboxes) + shelf.warming for shelf in shelves) >= self.total:
+            return None
+        short = [
+            shelf
+            for shelf in shelves
+            if shelf.wanted and len(shelf.sandboxes) + shelf.warming < self.per_key
+        ]
+        return max(short, key=lambda shelf: shelf.used_at, default=None)
+
+    def _next_check(self, now: float) -> float | None:
+        """Seconds until a shelf goes idle or a sandbox is due to be checked; None: nothing
+        is kept (the next take wakes the keeper)."""
+        if not self._shelves:
+            return None
+        idle = min(shelf.used_at + self.idle_seconds for shelf in self._shelves.values())
+        return max(0.0, min(idle - now, CHECK_EVERY_S))
