@@ -233,22 +233,24 @@ LIVE_SETTINGS = {
     "THROTTLE_ADMIN_RATE": "10000/min",
     "THROTTLE_ANON_RATE": "10000/min",
     "THROTTLE_AUTH_RATE": "10000/min",
+    # Every run cold, so that "no process of the run is left" means no sandbox at all; the
+    # warm stack (`warm_live`) keeps warm sandboxes.
+    "AIMOS_WARM_SANDBOXES": "0",
 }
+WARM_REDIS_OFFSET = 12
 
 
-@pytest.fixture(scope="session")
-def live_stack(django_db_setup, django_db_blocker):
-    """One live stack for the session, on the process sandbox (see LIVE_SETTINGS)."""
+def _stack_env(redis_offset: int, **extra: str) -> dict:
     import os
 
     from django.conf import settings
     from django.db import connection
 
-    env = {
+    return {
         **os.environ,
         **LIVE_SETTINGS,
         "DATABASE_URL": _database_url(connection.settings_dict),
-        "REDIS_URL": _redis_db(settings.REDIS_URL, LIVE_REDIS_OFFSET),
+        "REDIS_URL": _redis_db(settings.REDIS_URL, redis_offset),
         "SECRET_KEY": settings.SECRET_KEY,
         "DEBUG": "0",
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
@@ -256,19 +258,20 @@ def live_stack(django_db_setup, django_db_blocker):
         "CSRF_COOKIE_SECURE": "0",
         "AIMOS_VAR_DIR": str(settings.VAR_DIR),
         "AIMOS_SANDBOX": "process",
+        **extra,
     }
+
+
+def _start_stack(env: dict) -> LiveStack:
     import redis
 
     redis.Redis.from_url(env["REDIS_URL"]).flushdb()
-    stack = LiveStack(env)
-    yield stack
-    stack.stop()
+    return LiveStack(env)
 
 
-@pytest.fixture
-def live(live_stack, transactional_db, settings):
-    """The live stack for one test; the test process uses the same short timings."""
-    url = live_stack.env["REDIS_URL"]
+def _use_stack(stack: LiveStack, settings) -> LiveStack:
+    """Point the test process at the stack's Redis, with the same short timings."""
+    url = stack.env["REDIS_URL"]
     settings.REDIS_URL = url
     settings.RQ_QUEUES = {
         name: {**config, "URL": url} for name, config in settings.RQ_QUEUES.items()
@@ -279,5 +282,33 @@ def live(live_stack, transactional_db, settings):
     settings.AIMOS_RUN_LEASE_SECONDS = int(LIVE_SETTINGS["AIMOS_RUN_LEASE_SECONDS"])
     settings.AIMOS_MAX_PAUSE_SECONDS = int(LIVE_SETTINGS["AIMOS_MAX_PAUSE_SECONDS"])
     settings.AIMOS_MAINTENANCE_INTERVAL = int(LIVE_SETTINGS["AIMOS_MAINTENANCE_INTERVAL"])
-    live_stack.replace_dead_workers()
-    return live_stack
+    stack.replace_dead_workers()
+    return stack
+
+
+@pytest.fixture(scope="session")
+def live_stack(django_db_setup, django_db_blocker):
+    """One live stack for the session, on the process sandbox (see LIVE_SETTINGS)."""
+    stack = _start_stack(_stack_env(LIVE_REDIS_OFFSET))
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def live(live_stack, transactional_db, settings):
+    """The live stack for one test; the test process uses the same short timings."""
+    return _use_stack(live_stack, settings)
+
+
+@pytest.fixture(scope="module")
+def warm_stack(django_db_setup, django_db_blocker):
+    """A live stack whose run worker keeps warm sandboxes (two per version), on a Redis
+    database of its own, for one test module."""
+    stack = _start_stack(_stack_env(WARM_REDIS_OFFSET, AIMOS_WARM_SANDBOXES="2"))
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def warm_live(warm_stack, transactional_db, settings):
+    return _use_stack(warm_stack, settings)

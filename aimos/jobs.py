@@ -70,9 +70,19 @@ class RunWorker(OwnJobsOnly, SimpleWorker):
         from django.conf import settings
 
         from executions.host import RunHost
+        from sandbox.warm import WarmPool
 
+        pool = None
+        if settings.AIMOS_WARM_SANDBOXES:
+            pool = WarmPool(
+                per_key=settings.AIMOS_WARM_SANDBOXES,
+                total=settings.AIMOS_WARM_SANDBOXES_TOTAL,
+                idle_seconds=settings.AIMOS_WARM_IDLE_SECONDS,
+            )
         self.host = RunHost(
-            settings.AIMOS_RUNS_PER_WORKER, db_connections=settings.AIMOS_RUN_DB_CONNECTIONS
+            settings.AIMOS_RUNS_PER_WORKER,
+            db_connections=settings.AIMOS_RUN_DB_CONNECTIONS,
+            pool=pool,
         ).start(current=True)
         try:
             return super().work(*args, **kwargs)

@@ -224,6 +224,11 @@ AIMOS_RUNS_PER_WORKER = env.integer(
 )
 AIMOS_RUN_DB_CONNECTIONS = env.integer("AIMOS_RUN_DB_CONNECTIONS", 4, minimum=1)
 AIMOS_RUN_WORKER_GRACE_SECONDS = env.number("AIMOS_RUN_WORKER_GRACE_SECONDS", 10.0, minimum=0)
+# Warm sandboxes a run worker keeps started ahead, per version in use (0: every run starts
+# cold) and in all, and how long a version's stay after its last run.
+AIMOS_WARM_SANDBOXES = env.integer("AIMOS_WARM_SANDBOXES", 2, minimum=0)
+AIMOS_WARM_SANDBOXES_TOTAL = env.integer("AIMOS_WARM_SANDBOXES_TOTAL", 8, minimum=0)
+AIMOS_WARM_IDLE_SECONDS = env.number("AIMOS_WARM_IDLE_SECONDS", 300.0, minimum=1)
 
 # --- Authentication --------------------------------------------------------------------------
 

@@ -7,6 +7,11 @@ for control messages on all their Redis lists at once, renews all their leases i
 statement, flushes their buffered deltas and enforces the longest pause. Database work of
 the runs goes through `AIMOS_RUN_DB_CONNECTIONS` connections, however many runs there are.
 
+A run worker's host keeps warm sandboxes (`sandbox.warm.WarmPool`, `AIMOS_WARM_SANDBOXES` per
+version): a run takes one when one is ready, and the pool makes its replacement in the
+background. The control thread drops the pool of a version that is no longer its agent's
+current one, or whose agent was archived; a pool never outlives its host.
+
 A job run outside such a worker (the test suite's burst worker) gets a host of its own for
 that one run (`supervise_here`), doing its database work on its own thread: the same code.
 """
@@ -23,10 +28,14 @@ from typing import TYPE_CHECKING, ClassVar, TypeVar
 import django_rq
 from django.conf import settings
 from django.db import connections
+from django.db.models import F
 
+from agents.choices import AgentStatus
+from agents.models import AgentVersion
 from core.transient import TRANSIENT_ERRORS, reconnect
 from executions.control import RunControl
 from executions.models import Execution
+from sandbox.warm import WarmPool
 
 if TYPE_CHECKING:
     from executions.supervisor import Supervisor
@@ -39,6 +48,8 @@ T = TypeVar("T")
 CONTROL_WAIT_SECONDS = 0.1
 # How long a stopping host gives the runs it ended to record their end.
 STOPPING_SECONDS = 5.0
+# How often the control thread looks for warm sandboxes of retired versions.
+RETIRED_CHECK_SECONDS = 5.0
 
 
 class RunHost:
@@ -47,8 +58,11 @@ class RunHost:
 
     _current: ClassVar[RunHost | None] = None
 
-    def __init__(self, capacity: int, *, db_connections: int = 0) -> None:
+    def __init__(
+        self, capacity: int, *, db_connections: int = 0, pool: WarmPool | None = None
+    ) -> None:
         self.capacity = capacity
+        self.pool = pool
         self.runs: dict[str, Supervisor] = {}
         self.room = threading.Condition()
         self.stopping = threading.Event()
@@ -82,6 +96,8 @@ class RunHost:
         self.stopping.set()
         if self.control.is_alive():
             self.control.join()
+        if self.pool is not None:
+            self.pool.close()
         if self.database is not None:
             self.database.shutdown(wait=True)
 
@@ -162,6 +178,7 @@ class RunHost:
         lease = settings.AIMOS_RUN_LEASE_SECONDS
         renew_every = max(1.0, lease / 3)
         next_renewal = time.monotonic() + renew_every
+        next_retired_check = time.monotonic() + RETIRED_CHECK_SECONDS
         try:
             while not self.stopping.is_set():
                 held = self._held()
@@ -177,6 +194,9 @@ class RunHost:
                     next_renewal = now + (renew_every if self._renew(held, lease) else 0.2)
                 for supervisor in started:
                     supervisor.check_pause_limit()
+                if self.pool is not None and now >= next_retired_check:
+                    next_retired_check = now + RETIRED_CHECK_SECONDS
+                    self._drop_retired_pools()
         finally:
             controls.close()
             connections.close_all()
@@ -194,6 +214,22 @@ class RunHost:
             supervisor = by_id.get(execution_id)
             if supervisor is not None:
                 supervisor.apply(control)
+
+    def _drop_retired_pools(self) -> None:
+        """Discard the warm sandboxes of versions no longer run by default: not their agent's
+        current version any more (a newer one is ready), or of an archived agent."""
+        kept = self.pool.env_keys()
+        if not kept:
+            return
+        try:
+            versions = AgentVersion.objects.filter(pk__in=kept, agent__current_version_id=F("pk"))
+            versions = versions.exclude(agent__status=AgentStatus.ARCHIVED)
+            current = {str(pk) for pk in versions.values_list("pk", flat=True)}
+        except TRANSIENT_ERRORS:
+            reconnect()
+            return
+        for env_key in kept - current:
+            self.pool.drop(env_key)
 
     def _renew(self, held: list[Supervisor], lease: int) -> bool:
         """Renew the leases of every run held, in one statement; a run whose lease is lost

@@ -21,6 +21,7 @@ import os
 import socket
 import threading
 import time
+from functools import partial
 
 from django.conf import settings
 from django.db import transaction
@@ -251,7 +252,8 @@ class Supervisor:
         limits = limits_for(
             version.manifest, timeout_seconds=execution.timeout_seconds, config=config
         )
-        return backend.start(
+        start = backend.start if self.host.pool is None else partial(self.host.pool.take, backend)
+        return start(
             environment_of(version),
             version.entrypoint,
             execution.input,

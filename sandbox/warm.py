@@ -122,6 +122,11 @@ class WarmPool:
             and sandbox.limits.timeout_seconds >= limits.timeout_seconds
         )
 
+    def env_keys(self) -> set[str]:
+        """The versions (`env.key`) the pool keeps sandboxes for."""
+        with self._changed:
+            return {key[1] for key in self._shelves}
+
     def drop(self, env_key: str) -> None:
         """Discard the warm sandboxes of a version; returns when none is left, those being
         made included."""

@@ -30,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from conftest import FUZZ_REDIS_OFFSET, LIVE_SETTINGS, LiveStack, _database_url, _redis_db
+from conftest import FUZZ_REDIS_OFFSET, LiveStack, _stack_env
 from executions.tests.live import Client, deploy, wait_for_status
 from notifications.models import Webhook
 
@@ -77,26 +77,9 @@ class FuzzStack(LiveStack):
 def fuzz_stack(django_db_setup, django_db_blocker):
     """A live stack where webhooks to private addresses are allowed, so that the fuzzer's
     webhooks (all rewritten to LOOPBACK_WEBHOOK) are accepted and never reach anywhere else."""
-    import os
-
-    from django.conf import settings as django_settings
-    from django.db import connection
-
-    env = {
-        **os.environ,
-        **LIVE_SETTINGS,
-        "DATABASE_URL": _database_url(connection.settings_dict),
-        "REDIS_URL": _redis_db(django_settings.REDIS_URL, FUZZ_REDIS_OFFSET),
-        "SECRET_KEY": django_settings.SECRET_KEY,
-        "DEBUG": "0",
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "SESSION_COOKIE_SECURE": "0",
-        "CSRF_COOKIE_SECURE": "0",
-        "AIMOS_VAR_DIR": str(django_settings.VAR_DIR),
-        "AIMOS_SANDBOX": "process",
-        "AIMOS_WEBHOOK_ALLOW_PRIVATE": "1",
-        "AIMOS_WEBHOOK_RETRY_DELAYS": "1",
-    }
+    env = _stack_env(
+        FUZZ_REDIS_OFFSET, AIMOS_WEBHOOK_ALLOW_PRIVATE="1", AIMOS_WEBHOOK_RETRY_DELAYS="1"
+    )
     import redis
 
     redis.Redis.from_url(env["REDIS_URL"]).flushdb()
