@@ -1,5 +1,6 @@
-"""Hostile agents on each real backend: every case ends with its named outcome in time, leaves
-no process behind, and the next normal run still succeeds."""
+"""Hostile agents on each real backend, started cold and from a warm sandbox (its agent
+imported before the run): every case ends with its named outcome in time, leaves no process
+behind, and the next normal run still succeeds."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sandbox.tests.helpers import (
     leftover_processes,
     processes_with,
     run_agent,
+    start_run,
     token,
 )
 
@@ -186,6 +188,22 @@ ABUSE = {
             return "done"
     """,
 }
+
+
+@pytest.fixture(params=["cold", "warm"])
+def start(request, backend):
+    """Runs started cold or taken from a warm sandbox; every run is killed when the test ends
+    (so a failing test leaves nothing running)."""
+    runs = []
+
+    def start_either(env, entrypoint, payload=None, **kwargs):
+        run = start_run(backend, env, entrypoint, payload, warm=request.param == "warm", **kwargs)
+        runs.append(run)
+        return run
+
+    yield start_either
+    for run in runs:
+        run.kill()
 
 
 @pytest.fixture(scope="module")
