@@ -6,7 +6,11 @@ every key present::
     {"name": "my-agent", "entrypoint": "agent.main:handle", "runtime": "python3.11",
      "requirements": "requirements.txt" | None, "timeout": 30,
      "resources": {"memory_mb": 256, "cpus": 0.5, "pids": 64},
-     "network": False, "env": {"LOG_LEVEL": "info"}}
+     "network": False, "env": {"LOG_LEVEL": "info"}, "reuse": False}
+
+`reuse: true` lets one sandbox serve many runs of the version for the same owner, one at a
+time (the server caps it: AIMOS_REUSE_MAX_RUNS, 0 turns it off); see the README for the
+isolation that gives up.
 
 The values are what the author asked for. Capping them by the server's maxima
 (AIMOS_MAX_TIMEOUT_SECONDS, AIMOS_MAX_MEMORY_MB, AIMOS_MAX_CPUS, AIMOS_MAX_PIDS,
@@ -47,6 +51,7 @@ KNOWN_KEYS = (
     "resources",
     "network",
     "env",
+    "reuse",
 )
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -230,6 +235,10 @@ def _validate(data: dict, root: Path, errors: list[dict[str, str]]) -> dict[str,
 
     env = _check_env(data.get("env"), error)
 
+    reuse = data.get("reuse", False)
+    if not isinstance(reuse, bool):
+        error("reuse", "must be true or false")
+
     return {
         "name": name,
         "entrypoint": entrypoint,
@@ -239,6 +248,7 @@ def _validate(data: dict, root: Path, errors: list[dict[str, str]]) -> dict[str,
         "resources": resources,
         "network": network,
         "env": env,
+        "reuse": reuse,
     }
 
 

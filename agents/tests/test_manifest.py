@@ -50,6 +50,7 @@ def test_minimal_manifest_gets_every_default(tmp_path):
         "resources": {"memory_mb": 256, "cpus": 0.5, "pids": 64},
         "network": False,
         "env": {},
+        "reuse": False,
     }
     assert json.loads(json.dumps(manifest)) == manifest
 
@@ -66,6 +67,7 @@ timeout: 120
 resources: {memory_mb: 512, cpus: 2, pids: 128}
 network: true
 env: {LOG_LEVEL: info, RETRIES: 3, RATIO: 0.5, VERBOSE: false}
+reuse: true
 """,
         files={"agent/main.py": HANDLER, "deps/requirements.txt": "httpx\n"},
     )
@@ -81,6 +83,7 @@ env: {LOG_LEVEL: info, RETRIES: 3, RATIO: 0.5, VERBOSE: false}
         "resources": {"memory_mb": 512, "cpus": 2.0, "pids": 128},
         "network": True,
         "env": {"LOG_LEVEL": "info", "RETRIES": "3", "RATIO": "0.5", "VERBOSE": "false"},
+        "reuse": True,
     }
 
 
@@ -287,6 +290,8 @@ def test_requirements_symlinked_outside_the_package_is_rejected(tmp_path):
         ("resources: {disk_mb: 10}", "resources.disk_mb"),
         ("network: 'yes please'", "network"),
         ("network: 1", "network"),
+        ("reuse: 'yes'", "reuse"),
+        ("reuse: 1", "reuse"),
         ("env: [A, B]", "env"),
         ("env: {1X: a}", "env.1X"),
         ("env: {MY-VAR: a}", "env.MY-VAR"),
