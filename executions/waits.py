@@ -14,12 +14,13 @@ each run's id is unique.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
 
 import django_rq
-from django.db import transaction
+from django.db import connection, transaction
 from redis.exceptions import RedisError
 
 from executions.models import Execution
@@ -61,11 +62,15 @@ def wait_until(
         return execution
     deadline = time.monotonic() + seconds
     with _Announcements(execution.pk) as announcements:
-        while True:
+        for waited in itertools.count():
             execution.refresh_from_db()
             left = deadline - time.monotonic()
             if done(execution) or left <= 0:
                 return execution
+            if waited and not connection.in_atomic_block:
+                # A long wait holds no database connection: a hundred waiting requests must
+                # not take a hundred of the server's connections.
+                connection.close()
             announcements.wait(min(left, RECHECK_SECONDS))
 
 
