@@ -141,11 +141,16 @@ class WarmSandbox(abc.ABC):
     only lowered to the run's own then.
     """
 
+    # A reusable sandbox calls this with itself when a run of it ended and it can take the
+    # next (from the thread ending the run, before that run's `wait()` returns).
+    on_free: Callable[[WarmSandbox], None] | None = None
+
     def __init__(self, env: Environment, entrypoint: str, limits: Limits) -> None:
         self.env = env
         self.entrypoint = entrypoint
         self.limits = limits
         self.started = time.monotonic()
+        self.idle_since = self.started  # its start, or the end of its latest run
         self._used = False
         self._used_lock = threading.Lock()
 
@@ -284,6 +289,14 @@ class Backend(abc.ABC):
         started now where the backend can (see `WarmSandbox`); this default starts nothing
         and the run starts cold when taken. The manifest's `env` comes from `env.manifest`."""
         return ColdSandbox(self, env, entrypoint, limits)
+
+    def warm_reusable(
+        self, env: Environment, entrypoint: str, *, limits: Limits, max_runs: int
+    ) -> WarmSandbox:
+        """A warm sandbox that serves up to `max_runs` runs one after another, where the
+        backend can (`sandbox.protocol.ReusableStream`); this default serves one. Only for
+        runs that may share state: one owner's runs of one version."""
+        return self.warm(env, entrypoint, limits=limits)
 
     def kill_run(self, run_id: str) -> None:
         """Kill what is left of a run whose supervisor died (its worker was killed).

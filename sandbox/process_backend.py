@@ -11,7 +11,8 @@ line is built from plain values by `sandbox.process_command.SandboxCommand`; thi
 what it names (run directory, uid lease, cgroups, proxy, seccomp fd) and starts it.
 
 A warm sandbox (`warm`) is the same sandbox started before its run: the runner imports the
-entrypoint and waits on stdin for the run's request (`sandbox.protocol.WarmStream`).
+entrypoint and waits on stdin for the run's request (`sandbox.protocol.WarmStream`); a
+reusable one (`warm_reusable`) serves runs one after another (`sandbox.protocol.ReusableStream`).
 
 Every process of a run is found through its cgroup or its dedicated uid (`confinement`).
 The PID namespace dies with its init, so a run's daemons die with the run; the launcher dies
@@ -71,6 +72,7 @@ from sandbox.limits import INSPECT_LIMITS
 from sandbox.process_command import SandboxCommand, cpu_seconds, namespace_args, system_links
 from sandbox.protocol import (
     RUNNER_PATH,
+    ReusableStream,
     StreamRun,
     WarmStream,
     inspection_from,
@@ -175,8 +177,10 @@ class ProcessRun(StreamRun):
     def _diagnostics(self) -> str:
         return b"".join(self._stderr).decode("utf-8", "replace")[-2000:]
 
-    def _send(self, request: bytes) -> None:
-        threading.Thread(target=_feed, args=(self.proc, request), daemon=True).start()
+    def _send(self, request: bytes, *, last: bool = True) -> None:
+        threading.Thread(
+            target=_feed, args=(self.proc, request), kwargs={"close": last}, daemon=True
+        ).start()
 
     def _take_fields(self, limits: Limits) -> dict[str, Any]:
         """The run's own RLIMIT_CPU, which follows its timeout: the runner lowers the warm
@@ -535,9 +539,35 @@ class ProcessBackend(Backend):
         run = self._start(env, warm_request(env, entrypoint), limits, warm=True)
         return WarmStream(run, env, entrypoint, limits)
 
+    def warm_reusable(
+        self, env: Environment, entrypoint: str, *, limits: Limits, max_runs: int
+    ) -> WarmSandbox:
+        """`warm`'s sandbox serving up to `max_runs` runs one after another (see
+        `ReusableStream`). Its hard RLIMIT_CPU covers `max_runs` runs; each run gets its own
+        soft limit from the CPU used before it. Unisolated, it serves one run: without a PID
+        namespace of its own, the runner could not tell a run's leftovers from this host's
+        processes."""
+        if not self._check_isolation():
+            return self.warm(env, entrypoint, limits=limits)
+        hard = cpu_seconds(limits)[1]
+        run = self._launch(env, limits, cpu_runs=max_runs)
+        sandbox = ReusableStream(run, run.proc.stdout, env, entrypoint, limits, max_runs=max_runs)  # type: ignore[arg-type]
+        _feed(run.proc, warm_request(env, entrypoint, run_cpu_seconds=hard), close=False)
+        return sandbox
+
     def _start(
         self, env: Environment, request: bytes, limits: Limits, *, warm: bool = False
     ) -> ProcessRun:
+        run = self._launch(env, limits)
+        run._begin(run.proc.stdout, warm=warm)
+        if warm:
+            _feed(run.proc, request, close=False)  # a small line; the run's request follows
+        else:
+            run._send(request)
+        return run
+
+    def _launch(self, env: Environment, limits: Limits, *, cpu_runs: int = 1) -> ProcessRun:
+        """The runner of `env`, confined, not yet begun (`cpu_runs`: see `SandboxCommand`)."""
         isolated = self._check_isolation()
         location = Path(env.location)
         if not (location / "venv").is_dir():
@@ -548,14 +578,8 @@ class ProcessBackend(Backend):
             argv = [str(location / "venv/bin/python"), "-I", "-B", str(RUNNER_PATH),
                     str(location / "code")]  # fmt: skip
         egress = EgressPolicy.for_run().with_host_addresses() if limits.network else None
-        run = self._spawn(location / "venv", location / "code", argv, limits=limits,
-                          isolated=isolated, egress=egress)  # fmt: skip
-        run._begin(run.proc.stdout, warm=warm)
-        if warm:
-            _feed(run.proc, request, close=False)  # a small line; the run's request follows
-        else:
-            run._send(request)
-        return run
+        return self._spawn(location / "venv", location / "code", argv, limits=limits,
+                           isolated=isolated, egress=egress, cpu_runs=cpu_runs)  # fmt: skip
 
     def _spawn(
         self,
@@ -570,6 +594,7 @@ class ProcessBackend(Backend):
         on_refusal: LogSink | None = None,
         stdin: int = subprocess.PIPE,
         stderr: int = subprocess.PIPE,
+        cpu_runs: int = 1,
     ) -> ProcessRun:
         """Start `argv` confined. Isolated: bwrap with a network namespace of its own (its one
         way out, when `egress` is given, the egress proxy on a Unix socket), a uid of its own
@@ -615,6 +640,7 @@ class ProcessBackend(Backend):
                 cgroup_procs=tuple(cgroups.procs_files) if cgroups is not None else None,
                 python_prefix=self.python_prefix,
                 system_links=system_links() if isolated else (),
+                cpu_runs=cpu_runs,
             )
             proc = SPAWNER.popen(
                 command.argv(),

@@ -75,16 +75,17 @@ def cpu_seconds(limits: Limits) -> tuple[int, int]:
     return soft, soft + 2
 
 
-def prlimit_args(prlimit: str, limits: Limits, *, per_uid: bool) -> list[str]:
+def prlimit_args(prlimit: str, limits: Limits, *, per_uid: bool, cpu_runs: int = 1) -> list[str]:
     """rlimits of every process of the run. RLIMIT_NPROC counts per real uid, so it is set
-    only when the run has a uid of its own."""
+    only when the run has a uid of its own. The hard CPU limit covers `cpu_runs` runs (a
+    reusable sandbox's runner moves the soft one for each run)."""
     soft, hard = cpu_seconds(limits)
     args = [
         prlimit,
         f"--data={limits.memory_mb * MB}",
         f"--fsize={limits.max_file_mb * MB}",
         f"--nofile={limits.max_open_files}",
-        f"--cpu={soft}:{hard}",
+        f"--cpu={soft}:{hard * cpu_runs}",
         "--core=0",
     ]
     if per_uid:
@@ -101,7 +102,8 @@ class SandboxCommand:
     egress proxy's socket at /aimos/net (isolated only). `seccomp_fd`: the filter's BPF
     program, inherited by bwrap (required when isolated). `cgroup_procs`: the cgroup.procs
     files the launcher joins before anything else runs (None: no cgroups). `system_links`:
-    from `system_links()`.
+    from `system_links()`. `cpu_runs`: how many runs the hard CPU limit covers (a reusable
+    sandbox's).
     """
 
     tools: Mapping[str, str]
@@ -118,6 +120,7 @@ class SandboxCommand:
     cgroup_procs: tuple[str, ...] | None = None
     python_prefix: Path = Path("/usr")
     system_links: tuple[str, ...] = ()
+    cpu_runs: int = 1
 
     @property
     def workspace(self) -> Path:
@@ -143,7 +146,9 @@ class SandboxCommand:
 
     def argv(self) -> list[str]:
         """The launcher's command line."""
-        command = prlimit_args(self.tools["prlimit"], self.limits, per_uid=self.uid is not None)
+        command = prlimit_args(
+            self.tools["prlimit"], self.limits, per_uid=self.uid is not None, cpu_runs=self.cpu_runs
+        )
         if self.uid is not None:
             command += [self.tools["setpriv"], f"--reuid={self.uid}", f"--regid={self.uid}",
                         "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",

@@ -16,12 +16,16 @@ pause/resume/kill and the final `Outcome`. A backend subclass starts the sandbox
     _diagnostics()  optional: text explaining a sandbox failure (e.g. stderr of the launcher)
     _release()      optional: free what the run held (cgroups, workspace), after the outcome
     _send(request)  warm sandboxes only: hand the run's request to the runner, then end its stdin
+                    (a reusable sandbox's: `_send(request, last=False)`, stdin stays open)
     _take_fields(limits)  optional, warm sandboxes: more fields of the run's request (rlimits)
 
 A warm sandbox (`WarmStream`) is a `StreamRun` begun with `warm=True` whose runner got a
 `warm_request`: the runner imports the entrypoint, says `ready` (consumed here, never an event
 of the run) and waits; what it printed meanwhile is read and kept as the run's first events.
 Taking it sends the run's request and starts the clock; from then on it is that run.
+
+A reusable warm sandbox (`ReusableStream`) serves runs one after another: its runner's output
+is cut into one stream per run (`ReusedRun`), see that class.
 """
 
 from __future__ import annotations
@@ -52,6 +56,10 @@ from sandbox.base import (
 
 TERMINAL_TYPES = frozenset({"result", "error", "inspection"})
 READY = "ready"  # a warm sandbox's runner has imported the entrypoint and waits for its request
+# How the runner writes `ready` and the start of a terminal message (json.dumps' spacing):
+# a reusable sandbox's output is cut into runs by these, without parsing every line twice.
+READY_LINE = b'{"type": "ready", "data": {}}\n'
+TERMINAL_STARTS = (b'{"type": "result", ', b'{"type": "error", ')
 # The one shape of an event type (the runner checks it too): a type travels into SSE frames
 # and WebSocket messages, so it never carries a newline or anything a frame is made of.
 EVENT_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -103,10 +111,12 @@ def run_request(
     return encode_request(mode, entrypoint, payload, state=state, env=variables)
 
 
-def warm_request(env: Environment, entrypoint: str) -> bytes:
+def warm_request(env: Environment, entrypoint: str, *, run_cpu_seconds: int | None = None) -> bytes:
     """The first request of a warm sandbox: import `entrypoint` with the manifest's `env` set,
-    then wait for the run's request (`encode_request("run", …)` with the run's own variables)."""
-    return encode_request("warm", entrypoint, env=env.manifest.get("env") or {})
+    then wait for the run's request (`encode_request("run", …)` with the run's own variables).
+    With `run_cpu_seconds` (the most CPU seconds a run may be given) the sandbox is reusable."""
+    fields = None if run_cpu_seconds is None else {"reuse": {"run_cpu_seconds": run_cpu_seconds}}
+    return encode_request("warm", entrypoint, env=env.manifest.get("env") or {}, fields=fields)
 
 
 def parse_line(line: bytes) -> Event | None:
@@ -576,3 +586,297 @@ class WarmStream(WarmSandbox):
 
     def ready(self) -> bool:
         return self.run.ready.is_set()
+
+
+class _Segment:
+    """The runner's output for one run of a reusable sandbox: that run's stream (`readline`
+    and `read` as `StreamRun` uses them), fed by the sandbox's router."""
+
+    def __init__(self, cap: int) -> None:
+        self._cond = threading.Condition()
+        self._data = bytearray()
+        self._ended = False
+        self._cap = cap  # past it the run has failed its output budget: the rest is not kept
+        self._fed = 0
+        self.settled = threading.Event()  # the end is known, and what followed it
+        self.clean = False  # ended by its terminal message, and the runner said ready after it
+
+    def feed(self, piece: bytes) -> None:
+        with self._cond:
+            if self._fed <= self._cap:
+                self._data += piece
+                self._fed += len(piece)
+                self._cond.notify_all()
+
+    def end(self) -> None:
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+
+    def settle(self, *, clean: bool) -> None:
+        self.end()
+        self.clean = clean
+        self.settled.set()
+
+    def readline(self, size: int = -1) -> bytes:
+        with self._cond:
+            while True:
+                newline = self._data.find(b"\n")
+                if newline >= 0 and (size < 0 or newline < size):
+                    return self._take(newline + 1)
+                if 0 <= size <= len(self._data) or self._ended:
+                    return self._take(size if size >= 0 else len(self._data))
+                self._cond.wait()
+
+    def read(self, size: int = -1) -> bytes:
+        with self._cond:
+            while not self._data and not self._ended:
+                self._cond.wait()
+            return self._take(size if size >= 0 else len(self._data))
+
+    def _take(self, size: int) -> bytes:
+        piece = bytes(self._data[:size])
+        del self._data[:size]
+        return piece
+
+
+class _Router:
+    """The stream of a reusable sandbox's own `StreamRun`: its first read hands the runner's
+    whole output out to the runs (`route`) and then it is empty, so that StreamRun releases the
+    sandbox only once the output was read to its end."""
+
+    def __init__(self, route) -> None:
+        self._route = route
+
+    def readline(self, size: int = -1) -> bytes:
+        route, self._route = self._route, None
+        if route is not None:
+            route()
+        return b""
+
+    read = readline
+
+
+class ReusableStream(WarmSandbox):
+    """A warm sandbox that serves up to `max_runs` runs of its entrypoint, one after another
+    (the runner's reusable warm mode, see `sandbox/runner.py`).
+
+    `sandbox` is the `StreamRun` of the sandbox's processes, begun here without a clock; each
+    run is a `ReusedRun` reading its own part of the runner's output, with its own clock and
+    output budget. A run ends once the runner said `ready` again after the run's terminal
+    message, or once the sandbox ended: when its `wait()` returns, the sandbox has been handed
+    back (`on_free`) or is gone. It is handed back only after a run that completed or failed
+    with the agent's own exception, with no kill, timeout, output limit, pause or OOM kill on
+    the way, while it has runs left and was not discarded; any other end kills it.
+
+    Given up: the runs share the agent's process, so module state (globals, imported modules,
+    open files and connections) carries from one run to the next; only the owner's own runs
+    of one version may share a sandbox.
+    """
+
+    def __init__(
+        self,
+        sandbox: StreamRun,
+        stream: BinaryIO,
+        env: Environment,
+        entrypoint: str,
+        limits: Limits,
+        *,
+        max_runs: int,
+    ) -> None:
+        super().__init__(env, entrypoint, limits)
+        self.sandbox = sandbox
+        self.max_runs = max_runs
+        self.runs = 0
+        self._lock = threading.Lock()
+        self._stream = stream
+        self._segment = _Segment(limits.max_output_bytes)  # the next run's
+        self._ending: _Segment | None = None  # the latest run's, until the runner is ready
+        self._imported = False
+        self._ready = threading.Event()
+        self._run: ReusedRun | None = None
+        self._discarded = False
+        sandbox._begin(_Router(self._route), warm=True)  # type: ignore[arg-type]
+
+    def _route(self) -> None:
+        """Read the runner's output to its end: a run's lines to its segment up to and with
+        its terminal message, `ready` to this sandbox; between a terminal message and `ready`
+        nothing is kept (the runner sends nothing then)."""
+        line_start, terminal = True, False
+        while True:
+            try:
+                piece = self._stream.readline(_DRAIN_CHUNK)
+            except (OSError, ValueError):
+                break
+            if not piece:
+                break
+            with self._lock:
+                if line_start:
+                    if piece == READY_LINE and (self._ending is not None or not self._imported):
+                        self._said_ready()
+                        continue
+                    terminal = piece.startswith(TERMINAL_STARTS)
+                line_start = piece.endswith(b"\n")
+                if self._ending is not None:
+                    continue
+                self._segment.feed(piece)
+                if line_start and terminal:
+                    self._ending, self._segment = self._segment, _Segment(self._segment._cap)
+                    self._ending.end()
+        with self._lock:
+            for segment in (self._segment, self._ending):
+                if segment is not None:
+                    segment.settle(clean=False)
+
+    def _said_ready(self) -> None:
+        self._imported = True
+        if self._ending is not None:
+            self._ending.settle(clean=True)
+            self._ending = None
+        self._ready.set()
+
+    def _takeable(self) -> bool:
+        return (
+            not self._discarded
+            and self.runs < self.max_runs
+            and not self.sandbox._finished.is_set()
+        )
+
+    def take(
+        self,
+        payload: Any,
+        *,
+        state: Any = None,
+        env_vars: dict[str, str] | None = None,
+        timeout_seconds: float | None = None,
+        run_id: str | None = None,
+    ) -> Run:
+        """The next run; `run_id` is not used. Raises SandboxError while a run is going, after
+        `max_runs` runs and once the sandbox is discarded or dead."""
+        limits = self._limits_for(timeout_seconds)
+        request = encode_request(
+            "run", self.entrypoint, payload, state=state, env=env_vars,
+            fields=self.sandbox._take_fields(limits),
+        )  # fmt: skip
+        with self._lock:
+            if self._run is not None or not self._takeable():
+                raise SandboxError("this sandbox cannot take a run now")
+            self.runs += 1
+            self._ready.clear()
+            run = self._run = ReusedRun(self, self._segment, limits)
+        run._begin(run.segment, warm=True)  # type: ignore[arg-type]
+        run._take(request, limits)
+        return run
+
+    def _end_of(self, reusable: bool) -> bool:
+        """A run ended (`reusable`: as a run the next may follow); True when the sandbox is
+        back for the next one."""
+        with self._lock:
+            self._run = None
+            if not (reusable and self._takeable()):
+                return False
+            self.idle_since = time.monotonic()
+            return True
+
+    def discard(self) -> None:
+        """Kill the sandbox now or, while a run is going, when that run ends."""
+        with self._lock:
+            self._discarded = True
+            busy = self._run is not None
+        if not busy:
+            self.sandbox.kill()
+
+    def alive(self) -> bool:
+        with self._lock:
+            return self._takeable()
+
+    def ready(self) -> bool:
+        with self._lock:
+            return self._run is None and self._ready.is_set()
+
+
+class ReusedRun(StreamRun):
+    """One run of a `ReusableStream`: its events come from its part of the runner's output;
+    its processes, usage and walls are the sandbox's (the peak memory is the sandbox's so
+    far, the CPU time this run's)."""
+
+    def __init__(self, owner: ReusableStream, segment: _Segment, limits: Limits) -> None:
+        super().__init__(limits)
+        self.owner = owner
+        self.segment = segment
+        self._back = False  # the sandbox went back to its owner: nothing of it is this run's
+        self._killing = False
+        self._oom = False
+        try:
+            self._cpu_before = owner.sandbox._usage()[1]
+        except Exception:  # noqa: BLE001 — the sandbox is gone: no figure
+            self._cpu_before = None
+        self.ready.set()  # the sandbox's router consumes the runner's `ready`
+
+    def _freeze(self) -> None:
+        if not self._back:
+            self.owner.sandbox._freeze()
+
+    def _thaw(self) -> None:
+        if not self._back:
+            self.owner.sandbox._thaw()
+
+    def _kill_all(self) -> None:
+        with self._lock:
+            if self._back:
+                return
+            self._killing = True
+        self.owner.sandbox.kill()
+
+    def _exit_status(self) -> int | None:
+        """Returns once the run's output ended: with its terminal message and the runner's
+        `ready` after it (then the sandbox goes back to its owner, or is killed here when it
+        may not serve another run), or with the sandbox."""
+        segment = self.segment
+        segment.settled.wait()
+        if self._reader is not None:
+            self._reader.join()
+        sandbox = self.owner.sandbox
+        if not segment.clean:
+            ended = sandbox.wait()
+            self._oom = ended.error_type == ErrorType.OOM_KILLED
+            return ended.exit_code
+        try:
+            healthy = not sandbox._oom_killed()
+        except Exception:  # noqa: BLE001 — no cgroup to ask: not reused
+            healthy = False
+        with self._lock:
+            terminal = self._terminal
+            reusable = (
+                healthy
+                and terminal is not None
+                and self._reason is None
+                and not (self._killing or self._paused)
+                and (
+                    terminal.type == "result"
+                    or terminal.data.get("error_type") == ErrorType.EXCEPTION
+                )
+            )
+            self._back = self.owner._end_of(reusable)
+        if not self._back:
+            sandbox.kill()
+        return 0 if terminal is not None and terminal.type == "result" else 1
+
+    def _usage(self) -> tuple[float | None, int | None]:
+        peak_mb, cpu_ms = self.owner.sandbox._usage()
+        if cpu_ms is None or self._cpu_before is None:
+            return peak_mb, None
+        return peak_mb, cpu_ms - self._cpu_before
+
+    def _oom_killed(self) -> bool:
+        return self._oom
+
+    def _diagnostics(self) -> str:
+        return self.owner.sandbox._diagnostics()
+
+    def _send(self, request: bytes) -> None:
+        self.owner.sandbox._send(request, last=False)  # type: ignore[call-arg]
+
+    def _release(self) -> None:
+        if self._back and self.owner.on_free is not None:
+            self.owner.on_free(self.owner)

@@ -16,6 +16,20 @@ set after the import and before the handler is called; with "cpu_seconds": [soft
 the run's own RLIMIT_CPU, lowered from the warm sandbox's). An import that failed is
 reported when that request arrives, as a cold run reports it. Anything else is refused.
 
+Reusable warm mode: a warm request with "reuse": {"run_cpu_seconds": N} (N: the most CPU
+seconds one run may be given) serves runs one after another. After a run's terminal message,
+when it was a `result` or an `error` of type "exception", the runner makes the sandbox as the
+next run must find it: every process it did not start with is killed (the sandbox's PID
+namespace holds only the sandbox's init, the egress relay and the runner when it starts), the
+contents of /workspace (with /tmp) and /dev/shm are deleted, the working directory and the
+environment variables of the end of the import are restored; then it says `ready` again and
+reads the next run's request. Module state (globals, imported modules, open files) is kept:
+that is what reuse is for. It ends instead (exits) when a run left a thread behind, a process
+it cannot kill or a file it cannot delete, or when another run could not get its N CPU
+seconds under the hard RLIMIT_CPU the sandbox started with: a run's "cpu_seconds" [soft, hard]
+then count from the CPU the runner has used so far (only the soft limit is moved; the hard
+one stays the sandbox's).
+
 Guarantees:
 - Only this runner writes the protocol. The real stdout is moved to a private fd first;
   fd 1 and fd 2 become pipes whose lines turn into `log` events (source stdout/stderr),
@@ -69,7 +83,10 @@ import importlib  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import resource  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
 import threading  # noqa: E402
+import time  # noqa: E402
 from collections.abc import Awaitable  # noqa: E402
 from types import AsyncGeneratorType, GeneratorType  # noqa: E402
 
@@ -77,6 +94,7 @@ from types import AsyncGeneratorType, GeneratorType  # noqa: E402
 CO_VARARGS = 0x04
 
 MAIN_PID = os.getpid()
+TMP = "/workspace/.tmp"  # where /tmp points in a sandbox (sandbox/process_command.py)
 MAX_LOG_LINE = 16 * 1024  # longer lines are split so the runner's memory stays bounded
 # The host refuses any other event type (sandbox/protocol.py: EVENT_TYPE): a type travels into
 # SSE frames and must never carry a newline or anything else a frame could be forged with.
@@ -117,10 +135,15 @@ class Protocol:
                 view = view[os.write(self.fd, view) :]
 
     def finish(self, type_: str, data: dict) -> None:
-        """Send the terminal message; nothing is written after it."""
+        """Send the terminal message; nothing is written after it until `reopen`."""
         self.send(type_, data)
         with self.lock:
             self.closed = True
+
+    def reopen(self) -> None:
+        """A reusable sandbox's next run begins (what was printed meanwhile was dropped)."""
+        with self.lock:
+            self.closed = False
 
 
 def encode_json(value, what: str) -> None:
@@ -376,17 +399,133 @@ def load(entrypoint: str) -> tuple:
     return loaded
 
 
-def await_run(requests, protocol: Protocol, entrypoint: str) -> dict:
-    """Warm mode, once the entrypoint is imported: say so, then wait for the run's request."""
+def await_run(requests, protocol: Protocol, entrypoint: str, reuse: Reuse | None) -> dict:
+    """Warm mode, once the entrypoint is imported (or the sandbox reset): say so, then wait
+    for the run's request."""
     protocol.send("ready", {})
     request = read_request(requests)
     if request.get("mode") != "run" or request.get("entrypoint") != entrypoint:
         raise ValueError(f"a sandbox warmed for {entrypoint!r} takes a run of it only")
     if request.get("cpu_seconds") is not None:
         soft, hard = request["cpu_seconds"]
-        resource.setrlimit(resource.RLIMIT_CPU, (int(soft), int(hard)))
+        if reuse is None:
+            resource.setrlimit(resource.RLIMIT_CPU, (int(soft), int(hard)))
+        else:
+            reuse.limit_cpu(int(soft))
     set_env(request)
     return request
+
+
+def processes() -> set[tuple[int, str]]:
+    """(pid, start time) of every process of this runner's uid it sees in /proc."""
+    found = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.stat(f"/proc/{name}").st_uid != os.getuid():
+                    continue
+                with open(f"/proc/{name}/stat", "rb") as stat:
+                    fields = stat.read().rpartition(b")")[2].split()
+            except OSError:
+                continue
+            found.add((int(name), fields[19].decode()))
+    return found
+
+
+class Reuse:
+    """What a reusable sandbox restores between runs, and the checks that it can.
+
+    Made before the import: the processes then (the sandbox's init, the egress relay, this
+    runner) are the only ones a reset keeps. `imported()` records the rest once the agent is
+    imported."""
+
+    KILL_DEADLINE_S = 2.0
+
+    def __init__(self, options: dict) -> None:
+        if os.getuid() == 0:
+            # Resets kill what this uid can: only a sandbox's own unprivileged uid may ask.
+            raise PermissionError("a reusable sandbox never runs as root")
+        self.run_cpu_seconds = int(options.get("run_cpu_seconds") or 0)
+        self.keep = processes()
+        self.environ: dict[str, str] = {}
+        self.threads = 0
+        self.cwd = ""
+
+    def imported(self) -> None:
+        self.environ = dict(os.environ)
+        self.threads = len(os.listdir("/proc/self/task"))
+        self.cwd = os.getcwd()
+
+    def limit_cpu(self, soft: int) -> None:
+        """The run gets `soft` CPU seconds from now (the hard limit cannot be raised back, so
+        it stays the sandbox's)."""
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        used = int(time.process_time()) + 1
+        limit = used + soft if hard == resource.RLIM_INFINITY else min(used + soft, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (limit, hard))
+
+    def reset(self, pumps: list[LogPump], marker: str) -> bool:
+        """Make the sandbox as the next run must find it; False when it cannot be (the
+        sandbox then ends rather than serve a run with what this one left)."""
+        if len(os.listdir("/proc/self/task")) > self.threads:
+            return False  # a thread of the agent runs on: it could write after the wipe
+        try:
+            if not self.kill_strays():
+                return False
+            drain(pumps, marker)  # what the strays printed is dropped, not sent
+            os.chdir(self.cwd)
+            os.environ.clear()
+            os.environ.update(self.environ)
+            if not all([wipe("/workspace"), wipe("/dev/shm")]):
+                return False
+        except OSError:
+            return False
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        return hard == resource.RLIM_INFINITY or time.process_time() + self.run_cpu_seconds < hard
+
+    def kill_strays(self) -> bool:
+        """SIGKILL every process but those kept, until none is left; False past a deadline."""
+        deadline = time.monotonic() + self.KILL_DEADLINE_S
+        while time.monotonic() < deadline:
+            strays = [pid for pid, start in processes() - self.keep]
+            if not strays:
+                return True
+            for pid in strays:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            try:
+                while os.waitpid(-1, os.WNOHANG)[0]:
+                    pass  # this runner's own children; the others are the init's to reap
+            except ChildProcessError:
+                pass
+            time.sleep(0.002)
+        return False
+
+
+def wipe(folder: str) -> bool:
+    """Delete everything in `folder`; /tmp's target (/workspace/.tmp, the sandbox's, not the
+    agent's to delete) is emptied instead. True when nothing else is left."""
+    for entry in os.scandir(folder):
+        try:
+            if entry.path == TMP:
+                wipe(TMP)
+            elif entry.is_dir(follow_symlinks=False):
+                # A directory the agent made unreadable or unwritable is its own: open it up.
+                os.chmod(entry.path, 0o700)
+                for path, dirs, _files in os.walk(entry.path):
+                    for name in dirs:
+                        if not os.path.islink(os.path.join(path, name)):
+                            os.chmod(os.path.join(path, name), 0o700)
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            pass
+    return all(entry.path == TMP for entry in os.scandir(folder)) and (
+        folder != "/workspace" or not os.listdir(TMP)
+    )
 
 
 def run(request: dict, protocol: Protocol, loaded: tuple) -> tuple[str, dict]:
@@ -440,6 +579,29 @@ def inspect_entrypoint(entrypoint: str) -> tuple[str, dict]:
     }
 
 
+def drain(pumps: list[LogPump], marker: str) -> None:
+    """Returns once everything printed so far went through the pumps."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    for pump in pumps:
+        pump.drained.clear()
+    for fd in (1, 2):
+        try:
+            os.write(fd, (marker + "\n").encode())
+        except OSError:
+            pass
+    for pump in pumps:
+        pump.drained.wait(5)
+
+
+def reusable(kind: str, data: dict) -> bool:
+    """A run after which the sandbox may serve another: a result, or the agent's own error."""
+    return kind == "result" or (kind == "error" and data.get("error_type") == "exception")
+
+
 def main() -> None:
     protocol = Protocol(_PROTOCOL_FD)
     marker = "\x00aimos-drained-" + os.urandom(16).hex()
@@ -453,9 +615,13 @@ def main() -> None:
     sys.stdin = open(os.devnull)  # noqa: SIM115 — the requests have their own fd
     requests = open(_REQUEST_FD, "rb")  # noqa: SIM115
 
+    reuse = None
+    request: dict = {}
     try:
         request = read_request(requests)
         set_env(request)
+        if request.get("mode") == "warm" and isinstance(request.get("reuse"), dict):
+            reuse = Reuse(request["reuse"])
         code_dir = sys.argv[1] if len(sys.argv) > 1 else os.getcwd()
         sys.path.insert(0, code_dir)
         os.chdir(code_dir)
@@ -464,31 +630,36 @@ def main() -> None:
         else:
             loaded = load(request["entrypoint"])
             if request.get("mode") == "warm":
-                request = await_run(requests, protocol, request["entrypoint"])
+                if reuse is not None:
+                    reuse.imported()
+                request = await_run(requests, protocol, request["entrypoint"], reuse)
             kind, data = run(request, protocol, loaded)
     except BaseException as exc:  # noqa: BLE001
         if os.getpid() != MAIN_PID:
             os._exit(1)
         kind, data = "error", describe(exc) | {"error_type": "sandbox_error"}
+    end(protocol, pumps, marker, kind, data)
 
+    while reuse is not None and reusable(kind, data) and reuse.reset(pumps, marker):
+        protocol.reopen()
+        try:
+            request = await_run(requests, protocol, request["entrypoint"], reuse)
+            kind, data = run(request, protocol, loaded)
+        except BaseException as exc:  # noqa: BLE001
+            if os.getpid() != MAIN_PID:
+                os._exit(1)
+            kind, data = "error", describe(exc) | {"error_type": "sandbox_error"}
+        end(protocol, pumps, marker, kind, data)
+    os._exit(0 if kind != "error" else 1)
+
+
+def end(protocol: Protocol, pumps: list[LogPump], marker: str, kind: str, data: dict) -> None:
+    """Send a run's terminal message once everything it printed was sent."""
     if os.getpid() != MAIN_PID:
         # An agent's fork() returned here in the child: it never speaks for the run.
         os._exit(0)
-    # Everything printed before this point becomes a log event before the terminal message.
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    for fd in (1, 2):
-        try:
-            os.write(fd, (marker + "\n").encode())
-        except OSError:
-            pass
-    for pump in pumps:
-        pump.drained.wait(5)
+    drain(pumps, marker)
     protocol.finish(kind, data)
-    os._exit(0 if kind != "error" else 1)
 
 
 if __name__ == "__main__":

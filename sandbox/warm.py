@@ -12,6 +12,15 @@ shorten a sandbox's timeout, not lengthen it: see `WarmSandbox`). A key not take
 version, an archived agent), `close()` everything. A warm sandbox is used once: every run gets
 a fresh one.
 
+With a `ReusePolicy` (a version whose manifest says `reuse: true`), the key also holds the
+run's owner, and one sandbox serves that owner's runs one after another
+(`Backend.warm_reusable`, `sandbox.protocol.ReusableStream`): a take with none free starts one
+at once and takes it (nothing is warmed ahead for an owner); when its run ends as a run that
+may be followed (completed, or failed with the agent's own exception) it comes back to its
+shelf, ready, before that run's `wait()` returns. It serves `max_runs` runs at most and is
+discarded after `idle_seconds` without one; `drop` and `close` discard the free ones at once
+and those in use when their run ends.
+
 Nothing of a pool outlives its process: sandboxes die with it (bwrap's --die-with-parent).
 """
 
@@ -27,10 +36,18 @@ from sandbox.base import Backend, Environment, Limits, Run, WarmSandbox
 
 logger = logging.getLogger("aimos.sandbox")
 
-Key = tuple[str, str, str, Limits]
+Key = tuple[str, str, str, Limits, str | None]
 # How long the keeper sleeps at most: a warm sandbox that died on its own (its agent exited at
 # import time, the OOM killer) is noticed and replaced within this.
 CHECK_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class ReusePolicy:
+    """How long one sandbox may serve one owner's runs of a version."""
+
+    max_runs: int
+    idle_seconds: float
 
 
 @dataclass(eq=False)
@@ -43,6 +60,7 @@ class _Shelf:
     entrypoint: str
     limits: Limits
     used_at: float
+    reuse: ReusePolicy | None = None
     sandboxes: list[WarmSandbox] = field(default_factory=list)
     warming: int = 0
     # False after a warm-up failed or gave a sandbox that died or never became ready: no more
@@ -73,25 +91,43 @@ class WarmPool:
         state: Any = None,
         env_vars: dict[str, str] | None = None,
         run_id: str | None = None,
+        reuse: ReusePolicy | None = None,
+        owner: str | None = None,
     ) -> Run:
         """`backend.start(env, entrypoint, payload, …)`, from a warm sandbox of the same key
-        when one is ready. Warm, the run's `env_vars` are not visible at import time."""
-        key = (backend.name, env.key, entrypoint, replace(limits, timeout_seconds=0.0))
-        sandbox = None
+        when one is ready. Warm, the run's `env_vars` are not visible at import time. With
+        `reuse`, from a sandbox that served this `owner` before when one is free (see the
+        module docstring); `owner` is then required."""
+        if reuse is not None and owner is None:
+            raise ValueError("a reused sandbox serves one owner: owner is required")
+        key = (
+            backend.name,
+            env.key,
+            entrypoint,
+            replace(limits, timeout_seconds=0.0),
+            owner if reuse is not None else None,
+        )
+        sandbox = shelf = None
         with self._changed:
             if not self._closed:
                 shelf = self._shelves.get(key)
                 if shelf is None:
                     shelf = self._shelves[key] = _Shelf(key, backend, env, entrypoint, limits, 0)
                 longest = max(shelf.limits.timeout_seconds, limits.timeout_seconds)
-                shelf.backend, shelf.env = backend, env
+                shelf.backend, shelf.env, shelf.reuse = backend, env, reuse
                 shelf.limits = replace(limits, timeout_seconds=longest)
                 shelf.used_at = time.monotonic()
-                shelf.wanted = True
+                shelf.wanted = reuse is None
                 sandbox = next((s for s in shelf.sandboxes if self._fits(s, limits)), None)
                 if sandbox is not None:
                     shelf.sandboxes.remove(sandbox)
                 self._wake()
+        if reuse is not None and shelf is not None:
+            if sandbox is None:
+                sandbox = backend.warm_reusable(
+                    env, entrypoint, limits=shelf.limits, max_runs=reuse.max_runs
+                )
+            sandbox.on_free = lambda free: self._returned(shelf, free)
         if sandbox is None:
             return backend.start(
                 env,
@@ -113,6 +149,21 @@ class WarmPool:
         except BaseException:
             sandbox.discard()
             raise
+
+    def _returned(self, shelf: _Shelf, sandbox: WarmSandbox) -> None:
+        """A reusable sandbox's run ended and it can serve the next: back on its shelf, unless
+        the shelf is gone (dropped, idle, closed) or full."""
+        with self._changed:
+            kept = (
+                not self._closed
+                and self._shelves.get(shelf.key) is shelf
+                and len(shelf.sandboxes) < self.per_key
+            )
+            if kept:
+                shelf.sandboxes.append(sandbox)
+                self._changed.notify_all()
+        if not kept:
+            sandbox.discard()
 
     @staticmethod
     def _fits(sandbox: WarmSandbox, limits: Limits) -> bool:
@@ -204,19 +255,22 @@ class WarmPool:
 
     def _leaving(self, now: float) -> list[WarmSandbox]:
         """Take off the shelves (lock held) the sandboxes of idle keys, the dead, those not
-        ready within a run's timeout (an import slower than a whole run is of no use), and
-        those made for a shorter timeout than their key's runs now take."""
+        ready within a run's timeout (an import slower than a whole run is of no use), those
+        made for a shorter timeout than their key's runs now take, and reusable ones idle for
+        their policy's `idle_seconds`."""
         leaving = []
         for key, shelf in list(self._shelves.items()):
             if now - shelf.used_at > self.idle_seconds:
                 leaving += shelf.sandboxes
                 del self._shelves[key]
                 continue
+            reuse = shelf.reuse
             for sandbox in list(shelf.sandboxes):
                 stuck = not sandbox.ready() and now - sandbox.started > shelf.limits.timeout_seconds
+                idle = reuse is not None and now - sandbox.idle_since > reuse.idle_seconds
                 if stuck or not sandbox.alive():
                     shelf.wanted = False
-                elif sandbox.limits == shelf.limits:
+                elif sandbox.limits == shelf.limits and not idle:
                     continue
                 shelf.sandboxes.remove(sandbox)
                 leaving.append(sandbox)
@@ -231,7 +285,7 @@ class WarmPool:
             shelf
             for shelf in shelves
             if shelf.wanted and len(shelf.sandboxes) + shelf.warming < self.per_key
-        ]
+        ]  # a reusing shelf is never wanted: its sandboxes start with its owner's runs
         return max(short, key=lambda shelf: shelf.used_at, default=None)
 
     def _next_check(self, now: float) -> float | None:
@@ -239,5 +293,13 @@ class WarmPool:
         is kept (the next take wakes the keeper)."""
         if not self._shelves:
             return None
-        idle = min(shelf.used_at + self.idle_seconds for shelf in self._shelves.values())
+        idle = min(
+            [shelf.used_at + self.idle_seconds for shelf in self._shelves.values()]
+            + [
+                sandbox.idle_since + shelf.reuse.idle_seconds
+                for shelf in self._shelves.values()
+                if shelf.reuse is not None
+                for sandbox in shelf.sandboxes
+            ]
+        )
         return max(0.0, min(idle - now, CHECK_EVERY_S))
