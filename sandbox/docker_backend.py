@@ -14,8 +14,11 @@ made under AIMOS_SANDBOX_ROOT/egress and bind-mounted from there.
 `start` creates a container with a read-only root, one tmpfs at /workspace (noexec, nosuid,
 nodev) that also holds /tmp (so the two share AIMOS_SANDBOX_WORKSPACE_MB), every capability
 dropped, no-new-privileges, a non-root user, an init process, memory+swap, CPU, pids,
-open-file and file-size limits and no log driver; the runner reads its request on stdin
-(attached, then half-closed) and speaks the protocol on stdout (demultiplexed from stderr).
+open-file and file-size limits and no log driver; the runner (`runner_input`: this server's,
+not the image's) and its request arrive on stdin (attached, then half-closed), and it speaks
+the protocol on stdout (demultiplexed from stderr). `warm` starts that same container ahead
+of its run with the runner's warm request: the agent is imported and the runner waits on
+stdin, which stays open until the run's request is sent at take time.
 Pause and resume are `docker pause` and `docker unpause`; every way a run ends removes its
 container (and closes its proxy), and `kill()` returns only once it is gone. Containers carry
 the labels `aimos.run` and `aimos.env` (runs) or `aimos.build` (builds), and `aimos.owner`
@@ -51,13 +54,13 @@ from sandbox.base import (
     Run,
     SandboxError,
     SandboxUnavailable,
+    WarmSandbox,
 )
 from sandbox.docker_images import (
     AGENT_DIR,
     AGENT_UID,
     LABEL_BUILD,
     LABEL_ENV,
-    RUNNER,
     TMP_LINK,
     WORKSPACE,
     ImageBuilder,
@@ -67,10 +70,12 @@ from sandbox.docker_images import (
     image_tag,
     open_egress,
     recv_exactly,
+    runner_command,
+    runner_input,
 )
 from sandbox.egress import SOCKET_NAME, EgressPolicy, EgressProxy, proxy_environment
 from sandbox.limits import INSPECT_LIMITS
-from sandbox.protocol import StreamRun, inspection_from, run_request
+from sandbox.protocol import StreamRun, WarmStream, inspection_from, run_request, warm_request
 from sandbox.requirements import BuildRules
 
 if TYPE_CHECKING:
@@ -218,6 +223,13 @@ class DockerBackend(Backend):
         request = run_request(env, entrypoint, payload, state=state, env_vars=env_vars)
         return self._launch(env, request, limits, run_id=run_id)
 
+    def warm(self, env: Environment, entrypoint: str, *, limits: Limits) -> WarmSandbox:
+        """The container `start` would make, started now: its runner imports `entrypoint`
+        with the manifest's `env` set, then waits for the run's request (see `WarmSandbox`).
+        Its `aimos.run` label is its own id, as the run is not known yet."""
+        run = self._launch(env, warm_request(env, entrypoint), limits, warm=True)
+        return WarmStream(run, env, entrypoint, limits)
+
     def kill_run(self, run_id: str) -> None:
         """Remove the containers of `run_id` (a run whose worker died keeps its container)."""
         api = self.client.api
@@ -246,7 +258,13 @@ class DockerBackend(Backend):
         return swept
 
     def _launch(
-        self, env: Environment, request: bytes, limits: Limits, *, run_id: str | None = None
+        self,
+        env: Environment,
+        request: bytes,
+        limits: Limits,
+        *,
+        run_id: str | None = None,
+        warm: bool = False,
     ) -> DockerRun:
         api = self.client.api
         run_id = run_id or uuid.uuid4().hex
@@ -260,7 +278,7 @@ class DockerBackend(Backend):
             raise
         run = DockerRun(api, container_id, limits, proxy=proxy)
         try:
-            run._launch(request)
+            run._launch(request, warm=warm)
         except BaseException:
             try:
                 run._remove()
@@ -274,7 +292,7 @@ class DockerBackend(Backend):
     ) -> str:
         """A stopped container for one run; with `proxy`, its bridge is the way out."""
         api = self.client.api
-        command = ["python3", "-I", RUNNER, AGENT_DIR]
+        command = runner_command()
         if proxy is not None:
             command = bridged(command)
         host_config = api.create_host_config(
@@ -345,8 +363,9 @@ class DockerRun(StreamRun):
         self._stdout: _DemuxedStdout | None = None
         self._gone = threading.Event()
 
-    def _launch(self, request: bytes) -> None:
-        """Attach, start, hand the request over on stdin (then EOF), start reading."""
+    def _launch(self, request: bytes, *, warm: bool = False) -> None:
+        """Attach, start, hand the runner and the request over on stdin (then EOF, unless
+        `warm`: the run's request follows, see `_send`), start reading."""
         try:
             attached = self.api.attach_socket(
                 self.container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
@@ -359,13 +378,31 @@ class DockerRun(StreamRun):
             raise SandboxError(f"could not start a container: {exc}") from exc
         self._cgroups = _Cgroups.of(pid, self.container_id)
         self._stdout = _DemuxedStdout(sock, on_terminal=self._cgroups.sample)
-        try:
-            sock.sendall(request)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass  # the runner died before reading; its exit status tells the rest
-        self._begin(io.BufferedReader(self._stdout, buffer_size=65536))
+        if warm:
+            self._write(runner_input(request))
+        else:
+            self._send(runner_input(request))
+        self._begin(io.BufferedReader(self._stdout, buffer_size=65536), warm=warm)
         threading.Thread(target=self._sample, name="run-cgroup-sampler", daemon=True).start()
+
+    def _send(self, request: bytes) -> None:
+        """Write the last of the runner's stdin, then end it."""
+        assert self._stdout is not None
+        if self._write(request):
+            try:
+                self._stdout.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def _write(self, data: bytes) -> bool:
+        """Write on the runner's stdin; False when it is closed (the runner died, or the run
+        was killed meanwhile: its exit status or its end tells the rest)."""
+        assert self._stdout is not None
+        try:
+            self._stdout.sock.sendall(data)
+        except OSError:
+            return False
+        return True
 
     def _sample(self) -> None:
         # A container's cgroup disappears with its last process, so usage is read while it runs

@@ -1,15 +1,20 @@
 """Images of the `docker` backend: one per version, made without `docker build`.
 
 `ImageBuilder.build_image` makes `aimos-agent:<key>`: a container of the base image
-(AIMOS_DOCKER_BASE_IMAGE, see `sandbox.base_image`) receives the code at /opt/aimos/agent,
-the runner and the bridge (the build context tar: root-owned, read-only for the agent); when
+(AIMOS_DOCKER_BASE_IMAGE, see `sandbox.base_image`) receives the code at /opt/aimos/agent
+and the bridge (the build context tar: root-owned, read-only for the agent); when
 the version has requirements it runs, as the unprivileged agent user and without a network
 interface, `pip install` into /opt/aimos/venv (wheels only unless AIMOS_BUILD_ALLOW_SOURCE;
 the package index hosts, through the egress proxy, its only destination) with memory, CPU,
 pids and time limits, while its writable layer is watched against AIMOS_BUILD_MAX_MB; then
 /tmp becomes a link into the workspace and the container is committed and removed. Leftover
-build containers are swept and dangling images pruned. The image layout (paths, labels) and
-the egress helpers here are shared with the runs (`sandbox.docker_backend`).
+build containers are swept and dangling images pruned. The image layout (paths, labels), the
+runner's bootstrap and the egress helpers here are shared with the runs
+(`sandbox.docker_backend`).
+
+The runner is not part of an image: a container's command is a small bootstrap that reads the
+runner's source from stdin before the requests (`runner_input`). Every run, warm or cold, so
+speaks the protocol of this server's runner, whenever its image was built.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from sandbox.requirements import MB, BuildRules, check_source_builds, requiremen
 
 AGENT_UID = 10001
 AGENT_DIR = "/opt/aimos/agent"
-RUNNER = "/opt/aimos/runner.py"
+RUNNER = "/opt/aimos/runner.py"  # the name the runner's code runs under (not a file)
 NETBRIDGE = "/opt/aimos/netbridge.py"
 NETBRIDGE_PATH = Path(__file__).with_name("netbridge.py")
 VENV = "/opt/aimos/venv"
@@ -76,6 +81,26 @@ IMAGE_ENV = {
     "PYTHONDONTWRITEBYTECODE": "1",
 }
 TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+# Reads the runner from stdin (ten digits of length, then the source) with unbuffered reads,
+# so the requests that follow stay on fd 0 for it, and runs it as `__main__` with
+# `sys.argv[1:]` (the code directory); linecache gets the source for readable tracebacks.
+RUNNER_BOOTSTRAP = f"""\
+import linecache, os, sys
+def _take(size):
+    data = b""
+    while len(data) < size:
+        chunk = os.read(0, size - len(data))
+        if not chunk:
+            sys.exit("the runner did not arrive on stdin")
+        data += chunk
+    return data
+_source = _take(int(_take(10))).decode()
+linecache.cache[{RUNNER!r}] = (len(_source), None, _source.splitlines(True), {RUNNER!r})
+sys.argv[0] = {RUNNER!r}
+_code = compile(_source, {RUNNER!r}, "exec")
+del _take, _source
+exec(_code)
+"""
 
 
 def image_tag(repository: str, key: str) -> str:
@@ -272,7 +297,7 @@ class ImageBuilder:
             "User": f"{AGENT_UID}:{AGENT_UID}",
             "WorkingDir": AGENT_DIR,
             "Env": [f"{name}={value}" for name, value in IMAGE_ENV.items()],
-            "Cmd": ["python3", "-I", RUNNER, AGENT_DIR],
+            "Cmd": runner_command(),
             "Labels": {LABEL_BUILD: key, LABEL_ENV: key},
         }
 
@@ -310,6 +335,17 @@ class ImageBuilder:
         except docker.errors.APIError as exc:
             raise SandboxError(f"could not remove image {tag}: {exc}") from exc
         self._prune_dangling(key)
+
+
+def runner_command() -> list[str]:
+    """The command of a container that runs the runner it reads first on stdin."""
+    return ["python3", "-I", "-c", RUNNER_BOOTSTRAP, AGENT_DIR]
+
+
+def runner_input(request: bytes) -> bytes:
+    """What a container of `runner_command` reads first: the runner, then `request`."""
+    source = RUNNER_PATH.read_bytes()
+    return b"%010d" % len(source) + source + request
 
 
 def bridged(command: list[str]) -> list[str]:
@@ -473,12 +509,11 @@ def _build_script(pip_arguments: list[str]) -> str:
 
 
 def _write_code_archive(target: Any, source_dir: Path, *, script: str | None) -> None:
-    """What a builder receives at /: /opt/aimos with the code under agent/, runner.py and
-    netbridge.py (normalised, see `_normalised`); with a build `script`, the script and the
+    """What a builder receives at /: /opt/aimos with the code under agent/ and netbridge.py
+    (normalised, see `_normalised`); with a build `script`, the script and the
     venv's directory owned by the agent (pip installs into it)."""
     with tarfile.open(fileobj=target, mode="w") as tar:
         tar.addfile(_directory("opt/aimos"))
-        tar.add(RUNNER_PATH, arcname=RUNNER.lstrip("/"), filter=_normalised)
         tar.add(NETBRIDGE_PATH, arcname=NETBRIDGE.lstrip("/"), filter=_normalised)
         tar.add(source_dir, arcname=AGENT_DIR.lstrip("/"), filter=_normalised)
         if script is not None:

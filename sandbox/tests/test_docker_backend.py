@@ -162,7 +162,7 @@ def test_a_failing_install_is_a_build_error_with_pips_output(make_env, docker_ba
     assert build_containers(engine) == []
 
 
-def test_a_version_image_runs_as_the_agent_with_the_runner_bridge_and_tmp_in_the_workspace(
+def test_a_version_image_runs_as_the_agent_with_the_bridge_and_tmp_in_the_workspace(
     make_env, engine
 ):
     wheel_name, wheel_bytes = wheel("tinydep", "0.1", "VALUE = 42\n")
@@ -194,7 +194,6 @@ def test_a_version_image_runs_as_the_agent_with_the_runner_bridge_and_tmp_in_the
     assert listing.decode().split("\n") == [
         "/opt/aimos/agent root 755",
         "/opt/aimos/netbridge.py root 644",
-        "/opt/aimos/runner.py root 644",
         "/opt/aimos/venv agent 755",
         "/opt/aimos/agent/agent/main.py root 644",
         "/workspace/.tmp",

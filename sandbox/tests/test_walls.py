@@ -6,7 +6,7 @@ addresses, its abstract Unix sockets, cloud metadata and private ranges: directl
 sandbox's own network namespace has no route) and through the egress proxy (which refuses
 before it connects). It tries to fill the host's disk past its workspace cap. Nothing here
 sends a packet outside this machine: the only connections made are refused on loopback or
-never attempted. Runs are started both ways: cold, and from a warm sandbox (process backend).
+never attempted. Runs are started both ways: cold, and from a warm sandbox.
 """
 
 from __future__ import annotations
@@ -92,10 +92,8 @@ def attempts(direct, proxied, abstract_name):
 
 
 @pytest.fixture(params=[False, True], ids=["cold", "warm"])
-def warm(request, backend) -> bool:
+def warm(request) -> bool:
     """How the run starts: cold, or taken from a warm sandbox (its agent already imported)."""
-    if request.param and backend.name != "process":
-        pytest.skip("only the process backend starts sandboxes ahead of their runs")
     return request.param
 
 
