@@ -229,6 +229,11 @@ AIMOS_RUN_WORKER_GRACE_SECONDS = env.number("AIMOS_RUN_WORKER_GRACE_SECONDS", 10
 AIMOS_WARM_SANDBOXES = env.integer("AIMOS_WARM_SANDBOXES", 2, minimum=0)
 AIMOS_WARM_SANDBOXES_TOTAL = env.integer("AIMOS_WARM_SANDBOXES_TOTAL", 8, minimum=0)
 AIMOS_WARM_IDLE_SECONDS = env.number("AIMOS_WARM_IDLE_SECONDS", 300.0, minimum=1)
+# A version whose manifest says `reuse: true` may have one sandbox serve this many runs of one
+# owner, one at a time (0: never reuse), and a reused sandbox is given back after this long
+# without a run.
+AIMOS_REUSE_MAX_RUNS = env.integer("AIMOS_REUSE_MAX_RUNS", 100, minimum=0)
+AIMOS_REUSE_IDLE_SECONDS = env.number("AIMOS_REUSE_IDLE_SECONDS", 60.0, minimum=1)
 
 # --- Authentication --------------------------------------------------------------------------
 

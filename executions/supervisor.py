@@ -36,6 +36,7 @@ from executions.models import Execution
 from executions.outcomes import finish
 from executions.waits import announce
 from sandbox import get_backend, limits_for
+from sandbox.warm import ReusePolicy
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,15 @@ def worker_name() -> str:
 
 def _direct(call):
     return call()
+
+
+def reuse_of(execution: Execution) -> dict:
+    """How the warm pool may serve the run: from a sandbox that served its owner's earlier runs
+    of the version, when the manifest says `reuse: true` and the server allows it."""
+    if not execution.version.manifest.get("reuse") or not settings.AIMOS_REUSE_MAX_RUNS:
+        return {}
+    policy = ReusePolicy(settings.AIMOS_REUSE_MAX_RUNS, settings.AIMOS_REUSE_IDLE_SECONDS)
+    return {"reuse": policy, "owner": str(execution.user_id)}
 
 
 class EventBuffer:
@@ -252,7 +262,9 @@ class Supervisor:
         limits = limits_for(
             version.manifest, timeout_seconds=execution.timeout_seconds, config=config
         )
-        start = backend.start if self.host.pool is None else partial(self.host.pool.take, backend)
+        start = backend.start
+        if self.host.pool is not None:
+            start = partial(self.host.pool.take, backend, **reuse_of(execution))
         return start(
             environment_of(version),
             version.entrypoint,

@@ -1,6 +1,8 @@
 """Runs on a stack whose run worker keeps warm sandboxes (`warm_live`): a warm sandbox serves
-one run and the next run sees nothing of it; a new version or an archived agent drops its
-version's sandboxes; controls work on a warm run; a killed worker leaves no sandbox behind.
+one run and the next run sees nothing of it (a version that declares reuse: one owner's runs
+one after another, its /tmp and workspace wiped between them); a new version or an archived
+agent drops its version's sandboxes; controls work on a warm run; a killed worker leaves no
+sandbox behind.
 
 Whether a run was warm is seen from inside: its module was imported before the run's own
 environment variables were set (a fork's `env`), so at import time it did not see them.
@@ -205,3 +207,56 @@ def test_a_killed_run_worker_leaves_no_warm_sandbox_behind(client, agent_id, war
 
     wait_until(lambda: not processes_of(location), "no warm sandbox outlives its worker")
     warm_live.replace_dead_workers()
+
+
+REUSED_AGENT = """
+import os
+
+RUNS = 0
+
+
+def handle(payload, ctx):
+    global RUNS
+    RUNS += 1
+    seen = sorted(path for path in {markers!r} if os.path.exists(path))
+    for path in {markers!r}:
+        with open(path, "w") as marker:
+            marker.write("x")
+    return {{"runs": RUNS, "seen": seen}}
+"""
+
+
+def test_a_reused_sandbox_serves_its_owners_runs_and_wipes_tmp_and_the_workspace(client):
+    agent = client.post("/agents", json={"name": "reused"}).json()
+    archive = pack_files(
+        {
+            "aimos.yaml": MANIFEST.replace("name: marker", "name: reused") + "reuse: true\n",
+            "agent/__init__.py": "",
+            "agent/main.py": REUSED_AGENT.format(markers=MARKERS),
+        }
+    )
+    response = client.post(
+        f"/agents/{agent['id']}/versions", files={"file": ("reused.tar.gz", archive)}
+    )
+    assert response.status_code == 201, response.text
+    wait_until(
+        lambda: client.get(f"/agents/{agent['id']}").json()["status"] == "ready",
+        "the agent is built",
+        timeout=120,
+    )
+
+    def run() -> dict:
+        url = f"/agents/{agent['id']}/execute"
+        answer = client.post(url, json={"input": {}, "wait": 60}).json()
+        assert answer["status"] == "completed", answer
+        return answer["output"]
+
+    # The sandbox goes back to its owner once its runner is ready again; until then a run of
+    # the owner gets a sandbox of its own. Each run sees no file of an earlier one.
+    outputs = []
+    for _ in range(40):
+        outputs.append(run())
+        if outputs[-1]["runs"] >= 3:
+            break
+    assert outputs[-1]["runs"] >= 3, outputs
+    assert all(output["seen"] == [] for output in outputs), outputs
