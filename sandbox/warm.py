@@ -21,7 +21,9 @@ shelf, ready, before that run's `wait()` returns. It serves `max_runs` runs at m
 discarded after `idle_seconds` without one; `drop` and `close` discard the free ones at once
 and those in use when their run ends.
 
-Nothing of a pool outlives its process: sandboxes die with it (bwrap's --die-with-parent).
+Nothing of a pool outlives its process: bubblewrap sandboxes die with it (--die-with-parent);
+Docker containers are removed by `close()`, or by the sweep of the next upkeep pass when the
+process was killed (they carry its labels).
 """
 
 from __future__ import annotations
