@@ -6,6 +6,7 @@ from django.conf import settings
 from rq import Callback
 
 from agents import builds
+from core.live import flush
 
 
 def enqueue_build(version_id) -> None:
@@ -19,7 +20,10 @@ def enqueue_build(version_id) -> None:
 
 
 def build_version(version_id: str) -> str | None:
-    version = builds.build_version(version_id)
+    try:
+        version = builds.build_version(version_id)
+    finally:
+        flush()  # the feed's messages leave before the work horse exits
     return version.status if version else None
 
 
@@ -29,3 +33,4 @@ def build_job_failed(job, connection, exc_type, exc_value, tb) -> None:
     version_id = job.args[0] if job.args else None
     if version_id:
         builds.fail_build(version_id, f"{exc_type.__name__}: {exc_value}".rstrip(": "))
+        flush()

@@ -1,7 +1,8 @@
-"""Sending to Channels groups from long-lived synchronous code (the run workers) without an
-event loop and a Redis connection per message: one sending thread per process, with a loop
-of its own, sends the messages in the order they were given. Best effort, like all live
-delivery here: what is lost is in the database, which readers fall back on."""
+"""Sending to Channels groups from synchronous code without an event loop and a Redis
+connection per message: one sending thread per process, with a loop of its own, sends the
+messages in the order they were given. A process about to exit (a job's work horse) calls
+`flush()` first. Best effort, like all live delivery here: what is lost is in the database,
+which readers fall back on."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ class _Sender:
         self.ready.set()
         while True:
             group, message = await self.queue.get()
+            if isinstance(message, threading.Event):  # `flush`: all before it has left
+                message.set()
+                continue
             try:
                 layer = get_channel_layer()
                 if layer is not None:
@@ -46,6 +50,15 @@ class _Sender:
 
 _sender: _Sender | None = None
 _lock = threading.Lock()
+
+
+def flush(timeout: float = 5.0) -> None:
+    """Wait until every message given so far has left (for a process about to exit)."""
+    sender = _sender
+    if sender is not None and sender.pid == os.getpid():
+        sent = threading.Event()
+        sender.send("", sent)
+        sent.wait(timeout)
 
 
 def send_soon(group: str, message: dict) -> None:

@@ -70,6 +70,9 @@ def finish(
         )
         if not ended:
             return False
+        # First of the hooks that run on commit: a request waiting for this end answers
+        # before the feed and the webhooks are told.
+        announce(execution.pk)
         if status == ExecutionStatus.COMPLETED:
             last = Execution.objects.values_list("last_seq", flat=True).get(pk=execution.pk)
             count = last + len(events or []) + 1
@@ -91,7 +94,6 @@ def finish(
         )
         _log_outcome(execution, status, reason, error_type)
         _notify_finished(execution, status, duration_ms)
-        announce(execution.pk)
     return True
 
 

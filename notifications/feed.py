@@ -32,13 +32,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
+from core.live import send_soon
 from notifications import services
 
 logger = logging.getLogger(__name__)
@@ -90,14 +89,9 @@ def event_for(kind: str, data: dict[str, Any]) -> str | None:
 
 
 def send(group: str, payload: dict[str, Any]) -> None:
-    """Deliver one feed message to a group now; a failure is logged, never raised."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        async_to_sync(layer.group_send)(group, {"type": MESSAGE_TYPE, "message": payload})
-    except Exception:  # live delivery is best effort: the database is the record
-        logger.exception("could not send %s to %s", payload.get("type"), group)
+    """Send one feed message to a group, in order with those before (`core.live`); a failure
+    is logged, never raised."""
+    send_soon(group, {"type": MESSAGE_TYPE, "message": payload})
 
 
 def broadcast_metrics_if_due(measure: Callable[[], dict[str, Any]]) -> bool:
