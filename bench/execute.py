@@ -7,9 +7,10 @@ Starts the whole platform (`python -m aimos.launcher`: daphne, the pools of RQ w
 on a free port against the configured database and Redis (the embedded defaults unless
 DATABASE_URL / REDIS_URL are set), once per mode, each a process tree of its own with its own
 environment, killed whole before the next one starts (and at the end, whatever happened).
-A mode is a sandbox backend (`AIMOS_SANDBOX`) and warm sandboxes on (the default) or off
-(`AIMOS_WARM_SANDBOXES=0`, cold); the docker modes run only when `docker info` answers. In
-each mode it deploys `examples/echo` and `examples/slow`. It prints, in this order:
+A mode is a sandbox backend (`AIMOS_SANDBOX`) and how runs get a sandbox: warm (the default),
+cold (`AIMOS_WARM_SANDBOXES=0`) or reuse (echo's manifest says `reuse: true`, process backend
+only: Docker never reuses); the docker modes run only when `docker info` answers. In each mode
+it deploys `examples/echo` and `examples/slow`. It prints, in this order:
 
 1. as before, on the first mode's platform (process warm unless `--modes` says otherwise):
    - latency: POST /api/v1/agents/{id}/execute with `wait` → the completed execution, one at
@@ -23,8 +24,7 @@ each mode it deploys `examples/echo` and `examples/slow`. It prints, in this ord
    p95);
 3. per mode: p50/p95 of execute with `wait` of echo (`--runs` times, one at a time), their
    ratio to each baseline's p50, and runs/s at 1 client (those same runs back to back), 8
-   and 32 clients (`--runs` runs each) with the ratio of the rq job's runs/s to it; `reuse`
-   modes are not built and print "n/a (not built)";
+   and 32 clients (`--runs` runs each) with the ratio of the rq job's runs/s to it;
 4. per mode: `--sleepers` runs of slow with {"seconds": 5, "interval": 5} (one tick, then
    5 s asleep) posted at once without `wait` (202), the time until the last one ended (the
    count of active runs polled every 0.2 s), how many completed, and the platform's peak
@@ -83,26 +83,26 @@ NOISE = 0.15  # warm p50 within this share of cold p50: the same within noise
 @dataclass(frozen=True)
 class Mode:
     backend: str  # process | docker
-    warm: bool
+    kind: str  # warm | cold | reuse
 
     @property
     def name(self) -> str:
-        return f"{self.backend} {'warm' if self.warm else 'cold'}"
+        return f"{self.backend} {self.kind}"
 
     @property
     def env(self) -> dict[str, str]:
-        cold = {} if self.warm else {"AIMOS_WARM_SANDBOXES": "0"}
+        cold = {"AIMOS_WARM_SANDBOXES": "0"} if self.kind == "cold" else {}
         return {"AIMOS_SANDBOX": self.backend, **cold}
 
     @classmethod
     def parse(cls, text: str) -> Mode:
-        backend, _, kind = text.strip().partition("-")
-        if backend not in ("process", "docker") or kind not in ("warm", "cold"):
+        if text.strip() not in ALL_MODES.split(","):
             raise argparse.ArgumentTypeError(f"{text!r} is not one of {ALL_MODES}")
-        return cls(backend, kind == "warm")
+        backend, _, kind = text.strip().partition("-")
+        return cls(backend, kind)
 
 
-ALL_MODES = "process-warm,process-cold,docker-warm,docker-cold"
+ALL_MODES = "process-warm,process-cold,process-reuse,docker-warm,docker-cold"
 
 
 @dataclass
@@ -427,15 +427,19 @@ class Api:
         headers = {"Idempotency-Key": uuid.uuid4().hex}
         return self.request("POST", f"agents/{agent_id}/execute", json=body, headers=headers)
 
-    def deploy(self, *examples: str) -> dict[str, str]:
-        """Each example uploaded as a new agent; their ids once all are ready."""
+    def deploy(self, *examples: str, reuse: bool = False) -> dict[str, str]:
+        """Each example uploaded as a new agent (declaring `reuse: true` when `reuse`); their
+        ids once all are ready."""
         from agents.tests.packages import example_files, pack_files
 
         agents = {}
         for example in examples:
             name = f"bench-{example}-{uuid.uuid4().hex[:8]}"
             agent = self.request("POST", "agents", json={"name": name}).json()
-            archive = pack_files(example_files(example))
+            files = example_files(example)
+            if reuse:
+                files["aimos.yaml"] += b"\nreuse: true\n"
+            archive = pack_files(files)
             self.request(
                 "POST",
                 f"agents/{agent['id']}/versions",
@@ -549,7 +553,7 @@ def sleepers(api: Api, platform: Platform, agent_id: str, count: int) -> Sleeper
 def measure_mode(result: ModeResult, platform: Platform, api: Api, args, first: bool):
     """Fills `result` with the mode's figures; on the first platform also measures the
     baselines and the first table, and returns them."""
-    agents = api.deploy("echo", "slow")
+    agents = api.deploy("echo", "slow", reuse=result.mode.kind == "reuse")
     execute = api.executor(agents["echo"])
     job = job_task()
     for warm_up in range(3):
@@ -667,7 +671,8 @@ def print_modes(args, results: list[ModeResult], baselines: Baselines | None) ->
                     ratio = baselines.job_rates[n] / result.rates[n]
                     line += f"{result.rates[n]:>9.1f}/s{f'({ratio:.1f}x)':>8}"
             print(line)
-        print(f"{backend + ' reuse':16}n/a (not built)")
+        if backend == "docker":
+            print(f"{backend + ' reuse':16}n/a (Docker versions are never reused)")
 
 
 def print_sleepers(args, results: list[ModeResult]) -> None:
@@ -696,13 +701,15 @@ def p50_ms(result: ModeResult | None) -> float | None:
 
 def print_targets(args, results: list[ModeResult]) -> None:
     by_name = {r.mode.name: r for r in results if not r.error}
-    warm = by_name.get("process warm")
+    warm, reuse = by_name.get("process warm"), by_name.get("process reuse")
     sleep = warm.sleepers if warm and warm.sleepers and not warm.sleepers.error else None
     done = None if sleep is None else sleep.done_s if sleep.done_s is not None else float("inf")
     rows = [
         ("trivial run p50, process warm", "<= 25 ms", p50_ms(warm), 25, "ms"),
+        ("trivial run p50, process reuse", "<= 10 ms", p50_ms(reuse), 10, "ms"),
         ("trivial run p50, docker warm", "<= 50 ms", p50_ms(by_name.get("docker warm")), 50, "ms"),
         ("runs/s at 8 clients, process warm", ">= 50", warm and warm.rates[8], 50, "/s"),
+        ("runs/s at 8 clients, process reuse", ">= 150", reuse and reuse.rates[8], 150, "/s"),
         (f"{args.sleepers} sleeping runs ended within", "<= 10 s", done, 10, "s"),
         ("peak memory meanwhile", "<= 4 GB", sleep and sleep.peak_bytes / GB, 4, "GB"),
     ]
