@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from sandbox.base import Backend
 from sandbox.config import SandboxConfig
 
@@ -13,9 +15,15 @@ def get_backend(name: str | None = None, *, config: SandboxConfig) -> Backend:
 
     Backends are imported lazily, so the docker SDK is loaded only when it is used. Each
     gets its settings as plain data (`config`, e.g. `core.sandbox_settings.sandbox_config()`).
-    Raises ValueError for an unknown name.
+    One instance per name and settings in a process: what a backend finds out about the host
+    once (its tools, its cgroups, a probe sandbox) is not paid again for every run. Raises
+    ValueError for an unknown name.
     """
-    name = name or config.backend
+    return _backend(name or config.backend, config)
+
+
+@functools.lru_cache(maxsize=16)
+def _backend(name: str, config: SandboxConfig) -> Backend:
     if name == "process":
         from sandbox.process_backend import ProcessBackend
 
