@@ -108,10 +108,6 @@ class RunHost:
 
     # --- admission ---------------------------------------------------------------------------
 
-    def has_room(self) -> bool:
-        with self.room:
-            return len(self.runs) < self.capacity
-
     def wait_for_room(self, timeout: float) -> bool:
         with self.room:
             return self.room.wait_for(lambda: len(self.runs) < self.capacity, timeout)
@@ -181,25 +177,37 @@ class RunHost:
         next_retired_check = time.monotonic() + RETIRED_CHECK_SECONDS
         try:
             while not self.stopping.is_set():
-                held = self._held()
-                started = [s for s in held if s.run is not None]
-                if not started:
-                    self.stopping.wait(CONTROL_WAIT_SECONDS)
-                else:
-                    self._deliver_controls(controls, started)
-                for supervisor in started:
-                    supervisor.flush_if_due()
-                now = time.monotonic()
-                if held and now >= next_renewal:
-                    next_renewal = now + (renew_every if self._renew(held, lease) else 0.2)
-                for supervisor in started:
-                    supervisor.check_pause_limit()
-                if self.pool is not None and now >= next_retired_check:
-                    next_retired_check = now + RETIRED_CHECK_SECONDS
-                    self._drop_retired_pools()
+                try:
+                    next_renewal, next_retired_check = self._control_pass(
+                        controls, lease, renew_every, next_renewal, next_retired_check
+                    )
+                except Exception:  # one bad pass must not end the control of every run
+                    logger.exception("the control pass of the run host failed")
+                    self.stopping.wait(0.2)
         finally:
             controls.close()
             connections.close_all()
+
+    def _control_pass(self, controls, lease, renew_every, next_renewal, next_retired_check):
+        """Deliver a control, flush due deltas, renew the leases when due, enforce the longest
+        pause, drop retired versions' sandboxes when due; the next renewal and check times."""
+        held = self._held()
+        started = [s for s in held if s.run is not None]
+        if not started:
+            self.stopping.wait(CONTROL_WAIT_SECONDS)
+        else:
+            self._deliver_controls(controls, started)
+        for supervisor in started:
+            supervisor.flush_if_due()
+        now = time.monotonic()
+        if held and now >= next_renewal:
+            next_renewal = now + (renew_every if self._renew(held, lease) else 0.2)
+        for supervisor in started:
+            supervisor.check_pause_limit()
+        if self.pool is not None and now >= next_retired_check:
+            next_retired_check = now + RETIRED_CHECK_SECONDS
+            self._drop_retired_pools()
+        return next_renewal, next_retired_check
 
     def _deliver_controls(self, controls, started: list[Supervisor]) -> None:
         """Wait for the next control message of any started run and apply it."""

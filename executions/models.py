@@ -226,11 +226,13 @@ class Execution(models.Model):
     # --- transitions (each changes the row only from the states it names) -------------------
 
     @classmethod
-    def _move(cls, pk, from_states, *, fence: int | None = None, **changes) -> bool:
+    def _move(
+        cls, pk, from_states, *, fence: int | None = None, where: dict | None = None, **changes
+    ) -> bool:
         """A conditional update from `from_states`; with `fence` (an attempt number), only
         while the run is still that attempt (a worker that lost its lease to another attempt
-        changes nothing)."""
-        rows = cls.objects.filter(pk=pk, status__in=from_states)
+        changes nothing); `where`: more conditions."""
+        rows = cls.objects.filter(pk=pk, status__in=from_states, **(where or {}))
         if fence is not None:
             rows = rows.filter(attempt=fence)
         return rows.update(**changes) == 1
@@ -302,13 +304,18 @@ class Execution(models.Model):
         )
 
     @classmethod
-    def requeue(cls, pk, *, attempt: int | None = None) -> bool:
+    def requeue(cls, pk, *, attempt: int | None = None, expired_by=None) -> bool:
         """`running → pending` for a run whose worker (of `attempt`) died before the agent
-        started."""
+        started: only while its sandbox is not started and (with `expired_by`) its lease had
+        expired by then."""
+        where = {"sandbox_started": False}
+        if expired_by is not None:
+            where["lease_expires_at__lt"] = expired_by
         return cls._move(
             pk,
             [ExecutionStatus.RUNNING, ExecutionStatus.PAUSED],
             fence=attempt,
+            where=where,
             status=ExecutionStatus.PENDING,
             worker="",
             lease_expires_at=None,
@@ -345,15 +352,18 @@ class Execution(models.Model):
         peak_memory_mb: float | None = None,
         cpu_ms: int | None = None,
         attempt: int | None = None,
+        expired_by=None,
     ) -> bool:
         """Move an active execution to the terminal `status`; False when it had ended already
-        (or, with `attempt`, when another attempt holds it now)."""
+        (or, with `attempt`, when another attempt holds it now; with `expired_by`, when its
+        lease was renewed after that moment)."""
         if status not in ExecutionStatus.terminal():
             raise ValueError(f"{status} is not a terminal status")
         return cls._move(
             pk,
             from_states or ExecutionStatus.active(),
             fence=attempt,
+            where=None if expired_by is None else {"lease_expires_at__lt": expired_by},
             status=status,
             output=output,
             error_message=error_message,

@@ -1,8 +1,7 @@
 """How a run ends: `finish` writes the terminal status and its terminal event in one
 transaction, notes the outcome in the agent's log, tells the user's feed (and, from the
 last run of a batch to end, the batch's end) and, once committed, wakes the requests waiting
-for the run (`executions.waits`). Used by the worker, run control, the failure
-callback of the run job and the lost-run sweep alike.
+for the run (`executions.waits`). Used by the worker, run control and the lost-run sweep.
 
 What a user reads in `error_message` is the agent's own error or the platform's plain
 account of the end (timed out, cancelled, lost…). A `sandbox_error` is the platform's
@@ -48,6 +47,7 @@ def finish(
     cpu_ms: int | None = None,
     attempt: int | None = None,
     events: list[tuple[str, dict]] | None = None,
+    expired_by=None,
 ) -> bool:
     """End the execution with `status` and its terminal event, atomically, after `events`
     (the run's last ones, not yet written). False (and no event) when the execution had
@@ -67,6 +67,7 @@ def finish(
             peak_memory_mb=peak_memory_mb,
             cpu_ms=cpu_ms,
             attempt=attempt,
+            expired_by=expired_by,
         )
         if not ended:
             return False

@@ -26,11 +26,14 @@ logger = logging.getLogger(__name__)
 REQUEUED_MESSAGE = "The worker stopped before the agent started; queued again"
 
 
-def sweep_lost_runs() -> dict:
+def sweep_lost_runs(now=None) -> dict:
     """Runs whose worker died (lease expired) end `failed`/`lost`, or are queued again once when
     the agent never started; pending runs whose job vanished are queued again. Every write
-    names the attempt it saw, so a worker that comes back changes nothing it no longer holds."""
-    now = timezone.now()
+    names the attempt it saw and holds only while the lease is still expired (and, to queue
+    again, the sandbox not started), so a worker that comes back changes nothing it no longer
+    holds, and one that started its sandbox meanwhile keeps its run. `now`: the moment to
+    judge by (the current time)."""
+    now = now or timezone.now()
     lost = requeued = 0
     expired = Execution.objects.filter(
         status__in=[ExecutionStatus.RUNNING, ExecutionStatus.PAUSED], lease_expires_at__lt=now
@@ -38,7 +41,7 @@ def sweep_lost_runs() -> dict:
     for execution in expired.select_related("agent"):
         if not execution.sandbox_started and execution.attempt < 2:
             with transaction.atomic():
-                if Execution.requeue(execution.pk, attempt=execution.attempt):
+                if Execution.requeue(execution.pk, attempt=execution.attempt, expired_by=now):
                     record_events(
                         execution.pk,
                         [
@@ -64,17 +67,18 @@ def sweep_lost_runs() -> dict:
             error_type=ErrorType.LOST,
             from_states=[ExecutionStatus.RUNNING, ExecutionStatus.PAUSED],
             attempt=execution.attempt,
+            expired_by=now,
         ):
             lost += 1
             _kill_orphan(execution)
-    return {"lost": lost, "requeued": requeued, "pending_requeued": _requeue_vanished_jobs()}
+    return {"lost": lost, "requeued": requeued, "pending_requeued": _requeue_vanished_jobs(now)}
 
 
-def _requeue_vanished_jobs() -> int:
+def _requeue_vanished_jobs(now) -> int:
     """Pending runs without a job on its way to them (`core.queues.job_on_its_way`) are queued
     again, under the next attempt number: the old job, should it turn up, claims nothing."""
     queue = django_rq.get_queue("runs")
-    cutoff = timezone.now() - timedelta(seconds=settings.AIMOS_RUN_LEASE_SECONDS * 2)
+    cutoff = now - timedelta(seconds=settings.AIMOS_RUN_LEASE_SECONDS * 2)
     pending = Execution.objects.filter(status=ExecutionStatus.PENDING, created_at__lt=cutoff)
     count = 0
     for pk, attempt in pending.values_list("pk", "attempt").iterator():

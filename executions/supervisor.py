@@ -44,6 +44,9 @@ DELTA = "content_delta"
 FLUSH_SECONDS = 0.05
 FLUSH_SIZE = 64
 
+# What a worker's own writes of the end start from: a run queued again meanwhile is not its.
+HELD = [ExecutionStatus.RUNNING, ExecutionStatus.PAUSED]
+
 OUTCOME_STATUS = {
     "completed": ExecutionStatus.COMPLETED,
     "failed": ExecutionStatus.FAILED,
@@ -80,9 +83,12 @@ class EventBuffer:
         self.pending: list[tuple[str, dict]] = []
         self.lock = threading.Lock()
         self.first_pending_at = 0.0
+        self.closed = False
 
     def add(self, kind: str, data: dict) -> None:
         with self.lock:
+            if self.closed:  # the run's end is being written: nothing comes after it
+                return
             if not self.pending:
                 self.first_pending_at = time.monotonic()
             self.pending.append((kind, data))
@@ -105,9 +111,9 @@ class EventBuffer:
 
     def take(self) -> list[tuple[str, dict]]:
         """The events not written yet, for the caller to write (the run's last ones go with
-        its outcome, in one transaction)."""
+        its outcome, in one transaction); later ones are dropped."""
         with self.lock:
-            items, self.pending = self.pending, []
+            items, self.pending, self.closed = self.pending, [], True
             return items
 
     def _write(self) -> None:
@@ -209,6 +215,7 @@ class Supervisor:
                     reason="The worker failed while supervising the run",
                     error_type=ErrorType.SANDBOX_ERROR,
                     attempt=self.attempt,
+                    from_states=HELD,
                 ),
                 "recording the failure",
             )
@@ -216,6 +223,8 @@ class Supervisor:
 
     def _supervise(self) -> str | None:
         execution = self.execution
+        if self.ended_by is not None:  # lost, or the worker stops, before anything started
+            return None
         # Marked before the sandbox starts: a run whose agent may have started is never queued
         # again, so no agent runs twice.
         if not self._db(
@@ -238,6 +247,7 @@ class Supervisor:
                     reason=reason,
                     error_type=ErrorType.SANDBOX_ERROR,
                     attempt=self.attempt,
+                    from_states=HELD,
                 ),
                 "recording the failed start",
             )
@@ -310,6 +320,7 @@ class Supervisor:
                 peak_memory_mb=outcome.peak_memory_mb,
                 cpu_ms=outcome.cpu_ms,
                 attempt=self.attempt,
+                from_states=HELD,
                 events=events,
             ),
             "recording the outcome",

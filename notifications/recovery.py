@@ -21,10 +21,11 @@ logger = logging.getLogger(__name__)
 QUEUEING_SECONDS = 10
 
 
-def sweep_deliveries() -> int:
-    """Queue again the pending deliveries whose job is not on its way; how many."""
+def sweep_deliveries(now=None) -> int:
+    """Queue again the pending deliveries whose job is not on its way; how many. `now`: the
+    moment to judge by (the current time)."""
     queue = django_rq.get_queue("default")
-    now = timezone.now()
+    now = now or timezone.now()
     written_before = now - timedelta(
         seconds=max(QUEUEING_SECONDS, 2 * settings.AIMOS_MAINTENANCE_INTERVAL)
     )

@@ -107,7 +107,7 @@ def dispatch(user_id, event: str, data: dict) -> None:
     """Send `event` to every webhook of the user that wants it: one delivery row each, written
     with the happening itself (in the caller's transaction), its job queued once that commits.
     A job that never got queued, or was lost with its worker, is queued again by the upkeep
-    sweep (`notifications.delivery.sweep_deliveries`), so a delivery is never lost."""
+    sweep (`notifications.recovery.sweep_deliveries`), so a delivery is never lost."""
     hooks = [
         hook
         for hook in Webhook.objects.filter(user_id=user_id, is_active=True)

@@ -99,7 +99,8 @@ def test_a_lost_announcement_still_ends_the_wait_at_the_next_re_read(running, no
     assert "could not announce a change of execution" in caplog.text
     execution = waiter.result(timeout=LONG)
     assert execution.status == ExecutionStatus.COMPLETED
-    assert waiter.reads == 2  # the first read, and the re-read after RECHECK_SECONDS
+    # The first read, and the re-reads every RECHECK_SECONDS until one saw the end.
+    assert waiter.reads >= 2
 
 
 def test_a_waiter_without_redis_still_sees_the_end(running, nowhere, settings, caplog):
@@ -111,7 +112,7 @@ def test_a_waiter_without_redis_still_sees_the_end(running, nowhere, settings, c
     execution = waiter.result(timeout=LONG)
     assert "without announcements" in caplog.text
     assert execution.status == ExecutionStatus.COMPLETED
-    assert waiter.reads == 2
+    assert waiter.reads >= 2
 
 
 def test_a_wait_that_runs_out_answers_the_run_as_it_is(running):
