@@ -149,6 +149,9 @@ def execution_detail(request, execution_id):
     execution = found(services.access_execution, request.user, execution_id)
     events = list(execution.events.order_by("-seq")[:TRANSCRIPT_LIMIT])[::-1]
     checkpoints = list(execution.checkpoints.order_by("seq"))
+    # The status is read after the events: a run that moved on meanwhile (its start and its
+    # `run_started` commit together) shows at least the state its shown events imply.
+    execution.refresh_from_db()
     return render(
         request,
         "executions/execution_detail.html",

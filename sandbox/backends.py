@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 from sandbox.base import Backend
 from sandbox.config import SandboxConfig
@@ -15,15 +16,17 @@ def get_backend(name: str | None = None, *, config: SandboxConfig) -> Backend:
 
     Backends are imported lazily, so the docker SDK is loaded only when it is used. Each
     gets its settings as plain data (`config`, e.g. `core.sandbox_settings.sandbox_config()`).
-    One instance per name and settings in a process: what a backend finds out about the host
-    once (its tools, its cgroups, a probe sandbox) is not paid again for every run. Raises
+    One instance per name, settings and the environment it reads (`PATH` for its tools,
+    `DOCKER_HOST` for the engine) in a process: what a backend finds out about the host once
+    (its tools, its cgroups, a probe sandbox) is not paid again for every run. Raises
     ValueError for an unknown name.
     """
-    return _backend(name or config.backend, config)
+    place = (os.environ.get("PATH"), os.environ.get("DOCKER_HOST"))
+    return _backend(name or config.backend, config, place)
 
 
 @functools.lru_cache(maxsize=16)
-def _backend(name: str, config: SandboxConfig) -> Backend:
+def _backend(name: str, config: SandboxConfig, place: tuple) -> Backend:
     if name == "process":
         from sandbox.process_backend import ProcessBackend
 
