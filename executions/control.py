@@ -26,7 +26,6 @@ class RunControl:
     KEY = "aimos:control:{}"
 
     def __init__(self, execution_id) -> None:
-        self.execution_id = str(execution_id)
         self.key = self.KEY.format(execution_id)
         self.connection = django_rq.get_connection("runs")
 
@@ -36,11 +35,6 @@ class RunControl:
         self.connection.expire(
             self.key, settings.AIMOS_MAX_TIMEOUT_SECONDS + settings.AIMOS_MAX_PAUSE_SECONDS
         )
-
-    def receive(self, timeout: float) -> str | None:
-        """The next control of this run, waiting up to `timeout` seconds; None when none came."""
-        message = self.receive_any(self.connection, [self.execution_id], timeout)
-        return message[1] if message else None
 
     @classmethod
     def receive_any(cls, connection, execution_ids, timeout: float) -> tuple[str, str] | None:

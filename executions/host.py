@@ -171,16 +171,12 @@ class RunHost:
 
     def _control_loop(self) -> None:
         controls = django_rq.get_connection("runs")
-        lease = settings.AIMOS_RUN_LEASE_SECONDS
-        renew_every = max(1.0, lease / 3)
-        next_renewal = time.monotonic() + renew_every
-        next_retired_check = time.monotonic() + RETIRED_CHECK_SECONDS
+        self.next_renewal = time.monotonic() + self._renew_every()
+        self.next_retired_check = time.monotonic() + RETIRED_CHECK_SECONDS
         try:
             while not self.stopping.is_set():
                 try:
-                    next_renewal, next_retired_check = self._control_pass(
-                        controls, lease, renew_every, next_renewal, next_retired_check
-                    )
+                    self._control_pass(controls)
                 except Exception:  # one bad pass must not end the control of every run
                     logger.exception("the control pass of the run host failed")
                     self.stopping.wait(0.2)
@@ -188,9 +184,13 @@ class RunHost:
             controls.close()
             connections.close_all()
 
-    def _control_pass(self, controls, lease, renew_every, next_renewal, next_retired_check):
+    @staticmethod
+    def _renew_every() -> float:
+        return max(1.0, settings.AIMOS_RUN_LEASE_SECONDS / 3)
+
+    def _control_pass(self, controls) -> None:
         """Deliver a control, flush due deltas, renew the leases when due, enforce the longest
-        pause, drop retired versions' sandboxes when due; the next renewal and check times."""
+        pause, drop retired versions' sandboxes when due."""
         held = self._held()
         started = [s for s in held if s.run is not None]
         if not started:
@@ -200,14 +200,14 @@ class RunHost:
         for supervisor in started:
             supervisor.flush_if_due()
         now = time.monotonic()
-        if held and now >= next_renewal:
-            next_renewal = now + (renew_every if self._renew(held, lease) else 0.2)
+        if held and now >= self.next_renewal:
+            renewed = self._renew(held, settings.AIMOS_RUN_LEASE_SECONDS)
+            self.next_renewal = now + (self._renew_every() if renewed else 0.2)
         for supervisor in started:
             supervisor.check_pause_limit()
-        if self.pool is not None and now >= next_retired_check:
-            next_retired_check = now + RETIRED_CHECK_SECONDS
+        if self.pool is not None and now >= self.next_retired_check:
+            self.next_retired_check = now + RETIRED_CHECK_SECONDS
             self._drop_retired_pools()
-        return next_renewal, next_retired_check
 
     def _deliver_controls(self, controls, started: list[Supervisor]) -> None:
         """Wait for the next control message of any started run and apply it."""

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
+import docker
 import pytest
 
 from core.sandbox_settings import sandbox_config
@@ -62,6 +63,17 @@ def remove_session_images() -> Iterator[None]:
                 client.images.remove(image.id, force=True)
             except Exception:  # noqa: BLE001 — already gone, or in use by a leftover
                 pass
+
+
+@pytest.fixture(scope="module")
+def engine() -> docker.DockerClient:
+    """A client of the Docker engine; the test is skipped when none answers."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.skip(f"the Docker engine is not available ({exc}); run scripts/setup-system")
+    return client
 
 
 @pytest.fixture(scope="session")

@@ -32,16 +32,6 @@ SESSION = f"test-{os.getpid()}-"
 
 
 @pytest.fixture(scope="module")
-def engine() -> docker.DockerClient:
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as exc:
-        pytest.skip(f"the Docker engine is not available ({exc}); run scripts/setup-system")
-    return client
-
-
-@pytest.fixture(scope="module")
 def docker_backend(engine: docker.DockerClient) -> DockerBackend:
     backend = DockerBackend.from_config(replace(sandbox_config(), build=OFFLINE))
     backend.check()

@@ -99,16 +99,6 @@ WALLS = (
 
 
 @pytest.fixture(scope="module")
-def engine() -> docker.DockerClient:
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as exc:
-        pytest.skip(f"the Docker engine is not available ({exc}); run scripts/setup-system")
-    return client
-
-
-@pytest.fixture(scope="module")
 def docker_backend(engine, tmp_path_factory) -> DockerBackend:
     backend = DockerBackend(build=OFFLINE, egress_root=tmp_path_factory.mktemp("egress"))
     backend.check()
