@@ -10,6 +10,8 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aimos.settings")
+# This process serves requests: its database connections are pooled (aimos/settings.py).
+os.environ["AIMOS_PROCESS"] = "web"
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

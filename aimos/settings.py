@@ -163,6 +163,20 @@ try:
     }
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+if (
+    DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+    and env.string("AIMOS_PROCESS") == "web"
+    and not DATABASES["default"]["CONN_MAX_AGE"]
+):
+    # A web server (aimos/asgi.py says it is one) shares a pool of connections between its
+    # requests: a request in flight borrows one, waiting up to DATABASE_POOL_TIMEOUT for a free
+    # one (then 503), so a burst of requests cannot exhaust the server's `max_connections`.
+    # Workers keep a connection per thread: they fork, and a pool does not survive a fork.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": env.integer("DATABASE_POOL_SIZE", 16, minimum=1),
+        "timeout": env.number("DATABASE_POOL_TIMEOUT", 10.0, minimum=0.1),
+    }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web and workers write concurrently: wait for the lock instead of failing at once.
     DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
@@ -220,7 +234,7 @@ AIMOS_WORKERS = env.integer("AIMOS_WORKERS", 4, minimum=1)
 # long one that is asked to stop waits for its runs to end.
 AIMOS_RUN_WORKERS = env.integer("AIMOS_RUN_WORKERS", min(4, os.cpu_count() or 1), minimum=1)
 AIMOS_RUNS_PER_WORKER = env.integer(
-    "AIMOS_RUNS_PER_WORKER", min(64, 16 * (os.cpu_count() or 1)), minimum=1
+    "AIMOS_RUNS_PER_WORKER", min(128, 32 * (os.cpu_count() or 1)), minimum=1
 )
 AIMOS_RUN_DB_CONNECTIONS = env.integer("AIMOS_RUN_DB_CONNECTIONS", 4, minimum=1)
 AIMOS_RUN_WORKER_GRACE_SECONDS = env.number("AIMOS_RUN_WORKER_GRACE_SECONDS", 10.0, minimum=0)
