@@ -172,6 +172,9 @@ if (
     # requests: a request in flight borrows one, waiting up to DATABASE_POOL_TIMEOUT for a free
     # one (then 503), so a burst of requests cannot exhaust the server's `max_connections`.
     # Workers keep a connection per thread: they fork, and a pool does not survive a fork.
+    # A pooled connection is checked as it is lent, so one the server ended (a restart, a
+    # terminated backend) is replaced instead of failing the request.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 1,
         "max_size": env.integer("DATABASE_POOL_SIZE", 16, minimum=1),

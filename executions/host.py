@@ -4,13 +4,19 @@ A run's job claims the run and hands it to the host of the process (`adopt`), wh
 supervises it in a thread of its own; the worker goes on to the next job while the host has
 room (`AIMOS_RUNS_PER_WORKER`). One control thread serves every run of the host: it waits
 for control messages on all their Redis lists at once, renews all their leases in one
-statement, flushes their buffered deltas and enforces the longest pause. Database work of
+statement, has their buffered deltas flushed and enforces the longest pause. It never waits
+for a sandbox or rides out a database outage: kills go on in threads of their own, and a
+run's flushes, pauses and resumes on that run's errand thread (`Supervisor`). Database work of
 the runs goes through `AIMOS_RUN_DB_CONNECTIONS` connections, however many runs there are.
 
 A run worker's host keeps warm sandboxes (`sandbox.warm.WarmPool`, `AIMOS_WARM_SANDBOXES` per
 version): a run takes one when one is ready, and the pool makes its replacement in the
 background. The control thread drops the pool of a version that is no longer its agent's
-current one, or whose agent was archived; a pool never outlives its host.
+current one, or whose agent was archived (the pool's own thread discards its sandboxes); a pool
+never outlives its host.
+
+`stop(grace)` returns within `grace` + `STOPPING_SECONDS` + 2 × `JOIN_SECONDS`, even when a
+sandbox hangs: the runs still held after `grace` are all killed at once.
 
 A job run outside such a worker (the test suite's burst worker) gets a host of its own for
 that one run (`supervise_here`), doing its database work on its own thread: the same code.
@@ -48,6 +54,8 @@ T = TypeVar("T")
 CONTROL_WAIT_SECONDS = 0.1
 # How long a stopping host gives the runs it ended to record their end.
 STOPPING_SECONDS = 5.0
+# How long a stopping host waits for its control thread, then for its pool to close.
+JOIN_SECONDS = 5.0
 # How often the control thread looks for warm sandboxes of retired versions.
 RETIRED_CHECK_SECONDS = 5.0
 
@@ -86,20 +94,23 @@ class RunHost:
 
     def stop(self, grace: float = 0.0) -> None:
         """Take no more runs; wait up to `grace` seconds for those held to end, then end the
-        others `failed`/`lost` (their sandboxes killed) and stop."""
+        others `failed`/`lost` (their sandboxes killed, all at once) and stop. Returns within a
+        bounded time (see the module docstring): what still hangs then is left to the lost-run
+        sweep."""
         if RunHost._current is self:
             RunHost._current = None
         if not self._wait_for_runs(grace):
             for supervisor in self._held():
-                supervisor.stop_for_shutdown()
-            self._wait_for_runs(STOPPING_SECONDS)
+                supervisor.stop_for_shutdown()  # returns at once: the kills go on together
+            if not self._wait_for_runs(STOPPING_SECONDS):
+                logger.warning("stopping with %d runs not ended", len(self._held()))
         self.stopping.set()
         if self.control.is_alive():
-            self.control.join()
-        if self.pool is not None:
-            self.pool.close()
+            self.control.join(JOIN_SECONDS)
+        if self.pool is not None and not self.pool.close(timeout=JOIN_SECONDS):
+            logger.warning("stopping while warm sandboxes are still being discarded")
         if self.database is not None:
-            self.database.shutdown(wait=True)
+            self.database.shutdown(wait=False)  # a write still riding out an outage goes on
 
     def _wait_for_runs(self, seconds: float) -> bool:
         """Wait up to `seconds` for the runs held to end; whether none is left."""
@@ -189,8 +200,8 @@ class RunHost:
         return max(1.0, settings.AIMOS_RUN_LEASE_SECONDS / 3)
 
     def _control_pass(self, controls) -> None:
-        """Deliver a control, flush due deltas, renew the leases when due, enforce the longest
-        pause, drop retired versions' sandboxes when due."""
+        """Deliver a control, have due deltas flushed, renew the leases when due, enforce the
+        longest pause, drop retired versions' sandboxes when due. Waits for no sandbox."""
         held = self._held()
         started = [s for s in held if s.run is not None]
         if not started:
@@ -224,8 +235,9 @@ class RunHost:
                 supervisor.apply(control)
 
     def _drop_retired_pools(self) -> None:
-        """Discard the warm sandboxes of versions no longer run by default: not their agent's
-        current version any more (a newer one is ready), or of an archived agent."""
+        """Drop the warm sandboxes of versions no longer run by default: not their agent's
+        current version any more (a newer one is ready), or of an archived agent. The pool's
+        own thread discards them."""
         kept = self.pool.env_keys()
         if not kept:
             return

@@ -4,9 +4,12 @@ user's controls, and record how it ended.
 A `Supervisor` is driven by the `RunHost` of its process (`executions.host`): the run's
 thread reads the sandbox's events (`supervise`); the host's control thread delivers control
 messages (`apply`), renews the lease, flushes buffered deltas (`flush_if_due`) and enforces
-the longest pause (`check_pause_limit`). Every process of the run is gone before a terminal
-status is written. The run's start (claim and `run_started`) is one transaction, and so is
-its end (its last events, its terminal status and terminal event).
+the longest pause (`check_pause_limit`). The control thread serves every run of the host, so
+nothing it calls here waits: a kill is handed to a thread of its own (the run's thread sees
+the sandbox end and records it), and work that touches the database (a flush, a pause, a
+resume) to the run's errand thread, which does it in order. Every process of the run is gone
+before a terminal status is written. The run's start (claim and `run_started`) is one
+transaction, and so is its end (its last events, its terminal status and terminal event).
 
 A database or Redis that goes away for a moment (a restart, a terminated connection) is
 ridden out (`core.transient`) for up to one lease: writes are tried again, controls wait in
@@ -21,10 +24,11 @@ import os
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 
 from agents.builds import environment_of
 from core.sandbox_settings import sandbox_config
@@ -104,6 +108,11 @@ class EventBuffer:
         with self.lock:
             self._write()
 
+    def due(self) -> bool:
+        """Whether a delta has waited long enough to be written (read without the lock: a
+        hint for the control thread, which must not wait for a write in progress)."""
+        return bool(self.pending) and time.monotonic() - self.first_pending_at >= FLUSH_SECONDS
+
     def flush_if_due(self) -> None:
         with self.lock:
             if self.pending and time.monotonic() - self.first_pending_at >= FLUSH_SECONDS:
@@ -151,7 +160,12 @@ class Supervisor:
         self.paused_since: float | None = None
         self.attempt: int | None = None
         self.renewed_at = time.monotonic()
-        self.start_lock = threading.Lock()  # the sandbox starts, or the lease is lost, not both
+        self.lock = threading.Lock()  # `run`, `ended_by`, the killer and the errands
+        self.killer: threading.Thread | None = None
+        # The control thread's database work for this run, in order, once there is some.
+        self.errands: ThreadPoolExecutor | None = None
+        self.errands_closed = False
+        self.flush_asked = False
 
     def _db(self, call, what: str):
         """`call()` on the host's database connection, ridden through brief outages."""
@@ -160,10 +174,46 @@ class Supervisor:
         return self.host.db(lambda: retrying(call, seconds=seconds, what=where))
 
     def _kill(self, why: str) -> None:
-        if self.ended_by is None:
-            self.ended_by = why
-        if self.run is not None:
-            self.run.kill()
+        """Record why the run ends and kill its sandbox, if it started, in a thread of its own:
+        returns at once (the run's thread sees the sandbox end). A sandbox that starts after
+        this is killed by the run's thread."""
+        with self.lock:
+            if self.ended_by is None:
+                self.ended_by = why
+            run = self.run
+            if run is None or (self.killer is not None and self.killer.is_alive()):
+                return
+            self.killer = threading.Thread(
+                target=self._kill_now, args=(run,), name=f"run-kill-{self.execution_id}"
+            )
+            self.killer.daemon = True
+            self.killer.start()
+
+    def _kill_now(self, run) -> None:
+        try:
+            run.kill()
+        except Exception:  # the run's thread still waits for its end; a later kill tries again
+            logger.exception("could not kill execution %s", self.execution_id)
+
+    def _errand(self, call) -> None:
+        """`call()` on the run's errand thread, after the errands asked before it; nothing
+        once the run's thread is done with the run."""
+        with self.lock:
+            if self.errands_closed:
+                return
+            if self.errands is None:
+                name = f"run-errands-{self.execution_id}"
+                self.errands = ThreadPoolExecutor(1, thread_name_prefix=name)
+            self.errands.submit(call)
+
+    def _close_errands(self) -> None:
+        """No more errands; those asked still run, then the thread closes its connections."""
+        with self.lock:
+            self.errands_closed = True
+            errands = self.errands
+        if errands is not None:
+            errands.submit(connections.close_all)
+            errands.shutdown(wait=False)
 
     # --- the run's thread --------------------------------------------------------------------
 
@@ -220,6 +270,8 @@ class Supervisor:
                 "recording the failure",
             )
             raise
+        finally:
+            self._close_errands()
 
     def _supervise(self) -> str | None:
         execution = self.execution
@@ -232,11 +284,10 @@ class Supervisor:
             "marking the sandbox started",
         ):
             return None
+        if self.ended_by is not None:  # lost, or the worker stops, before it started
+            return None
         try:
-            with self.start_lock:
-                if self.ended_by is not None:  # lost, or the worker stops, before it started
-                    return None
-                self.run = self._start(execution)
+            run = self._start(execution)
         except Exception as exc:  # the sandbox could not start: not the agent's fault
             logger.exception("sandbox did not start for execution %s", execution.pk)
             reason = f"The sandbox could not start the run: {exc}"
@@ -252,6 +303,11 @@ class Supervisor:
                 "recording the failed start",
             )
             return ExecutionStatus.FAILED
+        with self.lock:
+            self.run = run
+            killed_meanwhile = self.ended_by is not None
+        if killed_meanwhile:  # lost, or the worker stops, while it started
+            run.kill()
         try:
             for event in self.run.events():
                 self.buffer.add(event.type, event.data)
@@ -330,6 +386,13 @@ class Supervisor:
     # --- called by the host's control thread -------------------------------------------------
 
     def flush_if_due(self) -> None:
+        """Ask the errand thread to write the deltas that waited long enough."""
+        if self.buffer.due() and not self.flush_asked:
+            self.flush_asked = True
+            self._errand(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_asked = False
         try:
             self.buffer.flush_if_due()
         except Exception:  # without its record a run must not go on
@@ -340,13 +403,12 @@ class Supervisor:
         """The lease is lost (declared lost, or taken by another attempt) or could not be
         renewed for a whole lease: this attempt stops, and its writes are fenced off."""
         logger.warning("execution %s: %s; killing it", self.execution_id, why)
-        with self.start_lock:
-            self._kill(Ended.LEASE)
+        self._kill(Ended.LEASE)
 
     def stop_for_shutdown(self) -> None:
-        """The worker is stopping and cannot wait for the run any longer."""
-        with self.start_lock:
-            self._kill(Ended.SHUTDOWN)
+        """The worker is stopping and cannot wait for the run any longer: its kill is issued
+        (this returns at once; the host waits for the run to end)."""
+        self._kill(Ended.SHUTDOWN)
 
     def check_pause_limit(self) -> None:
         if (
@@ -357,16 +419,22 @@ class Supervisor:
             self._kill(Ended.PAUSE_LIMIT)
 
     def apply(self, control: str) -> None:
+        """Apply a control: a cancel at once (the kill goes on in a thread of its own), a pause
+        or a resume on the errand thread."""
+        if control == Control.CANCEL:
+            self._kill(Ended.CANCEL)
+        else:
+            self._errand(partial(self._apply, control))
+
+    def _apply(self, control: str) -> None:
         try:
-            self._apply(control)
+            self._pause_or_resume(control)
         except Exception:  # a control that cannot be applied must not leave the run unwatched
             logger.exception("control %s of execution %s failed", control, self.execution_id)
             self._kill(Ended.CONTROL)
 
-    def _apply(self, control: str) -> None:
-        if control == Control.CANCEL:
-            self._kill(Ended.CANCEL)
-        elif control == Control.PAUSE and self.paused_since is None:
+    def _pause_or_resume(self, control: str) -> None:
+        if control == Control.PAUSE and self.paused_since is None:
             self.buffer.flush()
             self.run.pause()
             if self._db(

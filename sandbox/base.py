@@ -183,10 +183,11 @@ class WarmSandbox(abc.ABC):
         timeout_seconds: float | None = None,
         run_id: str | None = None,
     ) -> Run:
-        """The run, as `Backend.start` would give it; its clock starts now. Raises SandboxError
-        when the sandbox was already taken or discarded, ValueError when `payload` or `state`
-        is not JSON-serialisable or `timeout_seconds` is longer than `limits`' (the sandbox
-        then stays unused)."""
+        """The run, as `Backend.start` would give it; its clock starts now. `run_id` names the
+        run for `Backend.kill_run`, as `start`'s does. Raises SandboxError when the sandbox was
+        already taken or discarded, ValueError when `payload` or `state` is not
+        JSON-serialisable or `timeout_seconds` is longer than `limits`' (the sandbox then stays
+        unused)."""
 
     @abc.abstractmethod
     def discard(self) -> None:
@@ -299,7 +300,8 @@ class Backend(abc.ABC):
         return self.warm(env, entrypoint, limits=limits)
 
     def kill_run(self, run_id: str) -> None:
-        """Kill what is left of a run whose supervisor died (its worker was killed).
+        """Kill what is left of a run whose supervisor died (its worker was killed), whether
+        it started cold or from a warm sandbox taken with its `run_id`.
 
         Backends whose sandboxes die with the process that started them need do nothing."""
         return None

@@ -23,13 +23,17 @@ Pause and resume are `docker pause` and `docker unpause`; every way a run ends r
 container (and closes its proxy), and `kill()` returns only once it is gone. Containers carry
 the labels `aimos.run` and `aimos.env` (runs) or `aimos.build` (builds), and `aimos.owner`
 (host, pid and start time of the process that made them), so `sweep()` can tell the
-containers of a dead worker from those of a live one.
+containers of a dead worker from those of a live one. A run container is named
+`aimos-run-<run id>-<suffix>`; a warm one is made before its run is known (its `aimos.run`
+label is an id of its own, and labels cannot change), so its take renames it after the run,
+and `kill_run` finds a run's containers by label or by name, from any process.
 """
 
 from __future__ import annotations
 
 import errno
 import io
+import logging
 import os
 import shutil
 import socket
@@ -85,6 +89,7 @@ __all__ = ["LABEL_BUILD", "LABEL_ENV", "LABEL_RUN", "DockerBackend", "DockerRun"
 
 LABEL_RUN = "aimos.run"
 LABEL_OWNER = "aimos.owner"
+RUN_NAME = "aimos-run-"  # then the run's id, a dash and a suffix of the container's own
 # An egress folder this young may still be getting its socket.
 EGRESS_GRACE_S = 60.0
 SHM_MB = 64
@@ -92,6 +97,8 @@ SHM_MB = 64
 _WITH_TMP = f'mkdir -p -m 1777 {TMP_LINK} && exec "$@"'
 _MiB = 1024 * 1024
 _TERMINAL_MARKERS = (b'"type": "result"', b'"type": "error"', b'"type": "inspection"')
+
+logger = logging.getLogger("aimos.sandbox")
 
 
 class DockerBackend(Backend):
@@ -226,16 +233,26 @@ class DockerBackend(Backend):
     def warm(self, env: Environment, entrypoint: str, *, limits: Limits) -> WarmSandbox:
         """The container `start` would make, started now: its runner imports `entrypoint`
         with the manifest's `env` set, then waits for the run's request (see `WarmSandbox`).
-        Its `aimos.run` label is its own id, as the run is not known yet."""
+        Its `aimos.run` label is its own id, as the run is not known yet; a take with a
+        `run_id` renames it after that run."""
         run = self._launch(env, warm_request(env, entrypoint), limits, warm=True)
-        return WarmStream(run, env, entrypoint, limits)
+        return WarmContainer(run, env, entrypoint, limits)
 
     def kill_run(self, run_id: str) -> None:
-        """Remove the containers of `run_id` (a run whose worker died keeps its container)."""
+        """Remove the containers of `run_id` (a run whose worker died keeps its container):
+        those labelled with it, and warm ones renamed after it when taken."""
         api = self.client.api
-        for container in api.containers(all=True, filters={"label": f"{LABEL_RUN}={run_id}"}):
+        labelled = api.containers(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})
+        # The engine's name filter matches a part of the name: the start is checked here.
+        prefix = f"{RUN_NAME}{run_id}-"
+        named = [
+            container
+            for container in api.containers(all=True, filters={"name": prefix})
+            if any(name.lstrip("/").startswith(prefix) for name in container.get("Names") or ())
+        ]
+        for container_id in {container["Id"] for container in labelled + named}:
             try:
-                api.remove_container(container["Id"], force=True)
+                api.remove_container(container_id, force=True)
             except docker.errors.NotFound:
                 pass
 
@@ -329,7 +346,7 @@ class DockerBackend(Backend):
                 stdin_open=True,
                 environment=proxy_environment() if proxy is not None else None,
                 labels={LABEL_RUN: run_id, LABEL_ENV: env.key, LABEL_OWNER: owner_label()},
-                name=f"aimos-run-{run_id}-{uuid.uuid4().hex[:8]}",
+                name=container_name(run_id),
                 host_config=host_config,
             )
         except docker.errors.ImageNotFound as exc:
@@ -337,6 +354,37 @@ class DockerBackend(Backend):
         except (docker.errors.DockerException, OSError) as exc:
             raise SandboxError(f"could not create a container: {exc}") from exc
         return created["Id"]
+
+
+def container_name(run_id: str) -> str:
+    """A new name for a container of `run_id`."""
+    return f"{RUN_NAME}{run_id}-{uuid.uuid4().hex[:8]}"
+
+
+class WarmContainer(WarmStream):
+    """A warm sandbox of the docker backend: taken, its container is renamed after the run,
+    so `DockerBackend.kill_run(run_id)` finds it."""
+
+    run: DockerRun
+
+    def take(
+        self,
+        payload: Any,
+        *,
+        state: Any = None,
+        env_vars: dict[str, str] | None = None,
+        timeout_seconds: float | None = None,
+        run_id: str | None = None,
+    ) -> Run:
+        run = super().take(payload, state=state, env_vars=env_vars, timeout_seconds=timeout_seconds)
+        if run_id is not None:
+            try:
+                self.run.api.rename(self.run.container_id, container_name(run_id))
+            except (docker.errors.DockerException, OSError):
+                # Already gone (the run ended at once), or the engine is away: the run is
+                # killed by its worker, or as a dead worker's by the sweep (its owner label).
+                logger.warning("could not name the container of run %s", run_id, exc_info=True)
+        return run
 
 
 class DockerRun(StreamRun):

@@ -8,9 +8,11 @@ Sandboxes are kept per key — backend, version (`env.key`), entrypoint and limi
 timeout — at most `per_key` of a key and `total` in all; a key gets warm sandboxes only while
 the total has room. They are made for the longest timeout taken of their key (a take may
 shorten a sandbox's timeout, not lengthen it: see `WarmSandbox`). A key not taken for
-`idle_seconds` gives its sandboxes back; `drop(env_key)` discards a version's at once (a new
-version, an archived agent), `close()` everything. A warm sandbox is used once: every run gets
-a fresh one.
+`idle_seconds` gives its sandboxes back. `drop(env_key)` forgets a version's at once (a new
+version, an archived agent): none is taken once it returns, and the background thread discards
+them, so `drop` never waits for a sandbox (the run host's control thread calls it). `close()`
+discards everything and returns when nothing is left (or after its `timeout`). A warm sandbox
+is used once: every run gets a fresh one.
 
 With a `ReusePolicy` (a version whose manifest says `reuse: true`), the key also holds the
 run's owner, and one sandbox serves that owner's runs one after another
@@ -18,8 +20,10 @@ run's owner, and one sandbox serves that owner's runs one after another
 at once and takes it (nothing is warmed ahead for an owner); when its run ends as a run that
 may be followed (completed, or failed with the agent's own exception) it comes back to its
 shelf, ready, before that run's `wait()` returns. It serves `max_runs` runs at most and is
-discarded after `idle_seconds` without one; `drop` and `close` discard the free ones at once
-and those in use when their run ends.
+discarded after `idle_seconds` without one; `drop` and `close` discard the free ones as
+above and those in use when their run ends. Reusable sandboxes count toward `total`, free or
+serving a run: when the total is reached, a take with none free starts its run cold (and
+keeps nothing of it); it never waits.
 
 Nothing of a pool outlives its process: bubblewrap sandboxes die with it (--die-with-parent);
 Docker containers are removed by `close()`, or by the sweep of the next upkeep pass when the
@@ -64,7 +68,10 @@ class _Shelf:
     used_at: float
     reuse: ReusePolicy | None = None
     sandboxes: list[WarmSandbox] = field(default_factory=list)
+    # Being made: by the keeper, or by a take of a reusing key (for its own run).
     warming: int = 0
+    # Reusable sandboxes serving a run, to come back to the shelf when it ends.
+    lent: list[WarmSandbox] = field(default_factory=list)
     # False after a warm-up failed or gave a sandbox that died or never became ready: no more
     # warm-ups until the next take, so a broken version costs one per take at most.
     wanted: bool = True
@@ -78,6 +85,7 @@ class WarmPool:
         self.total = total
         self.idle_seconds = idle_seconds
         self._shelves: dict[Key, _Shelf] = {}
+        self._discarding: list[WarmSandbox] = []  # forgotten by `drop`: for the keeper to kill
         self._changed = threading.Condition()
         self._closed = False
         self._keeper: threading.Thread | None = None
@@ -98,8 +106,9 @@ class WarmPool:
     ) -> Run:
         """`backend.start(env, entrypoint, payload, …)`, from a warm sandbox of the same key
         when one is ready. Warm, the run's `env_vars` are not visible at import time. With
-        `reuse`, from a sandbox that served this `owner` before when one is free (see the
-        module docstring); `owner` is then required."""
+        `reuse`, from a sandbox that served this `owner` before when one is free, else from a
+        new one while the total has room, else cold (see the module docstring); `owner` is
+        then required."""
         if reuse is not None and owner is None:
             raise ValueError("a reused sandbox serves one owner: owner is required")
         key = (
@@ -110,6 +119,7 @@ class WarmPool:
             owner if reuse is not None else None,
         )
         sandbox = shelf = None
+        make_reusable: Limits | None = None  # the limits of a reusable sandbox to make here
         with self._changed:
             if not self._closed:
                 shelf = self._shelves.get(key)
@@ -123,12 +133,23 @@ class WarmPool:
                 sandbox = next((s for s in shelf.sandboxes if self._fits(s, limits)), None)
                 if sandbox is not None:
                     shelf.sandboxes.remove(sandbox)
+                if reuse is not None and sandbox is not None:
+                    shelf.lent.append(sandbox)
+                elif reuse is not None and self._kept() < self.total:
+                    shelf.warming += 1  # its place in the total, while it is made
+                    make_reusable = shelf.limits
                 self._wake()
-        if reuse is not None and shelf is not None:
-            if sandbox is None:
+        if make_reusable is not None:
+            try:
                 sandbox = backend.warm_reusable(
-                    env, entrypoint, limits=shelf.limits, max_runs=reuse.max_runs
+                    env, entrypoint, limits=make_reusable, max_runs=reuse.max_runs
                 )
+            finally:
+                with self._changed:
+                    shelf.warming -= 1
+                    if sandbox is not None:
+                        shelf.lent.append(sandbox)
+        if reuse is not None and sandbox is not None:
             sandbox.on_free = lambda free: self._returned(shelf, free)
         if sandbox is None:
             return backend.start(
@@ -156,12 +177,14 @@ class WarmPool:
         """A reusable sandbox's run ended and it can serve the next: back on its shelf, unless
         the shelf is gone (dropped, idle, closed) or full."""
         with self._changed:
+            if sandbox in shelf.lent:
+                shelf.lent.remove(sandbox)
             kept = (
                 not self._closed
                 and self._shelves.get(shelf.key) is shelf
                 and len(shelf.sandboxes) < self.per_key
             )
-            if kept:
+            if kept:  # it was counted in the total while lent
                 shelf.sandboxes.append(sandbox)
                 self._changed.notify_all()
         if not kept:
@@ -181,31 +204,28 @@ class WarmPool:
             return {key[1] for key in self._shelves}
 
     def drop(self, env_key: str) -> None:
-        """Discard the warm sandboxes of a version; returns when none is left, those being
-        made included."""
+        """Forget the warm sandboxes of a version: none of them is taken once this returns.
+        Never waits for a sandbox: the keeper discards them (those being made once made,
+        reusable ones serving a run when it ends)."""
         with self._changed:
-            shelves = [shelf for key, shelf in self._shelves.items() if key[1] == env_key]
-            for shelf in shelves:
-                del self._shelves[shelf.key]
-            leaving = [sandbox for shelf in shelves for sandbox in shelf.sandboxes]
-        for sandbox in leaving:
-            sandbox.discard()
-        with self._changed:
-            while any(shelf.warming for shelf in shelves):
-                self._changed.wait()
+            for key in [key for key in self._shelves if key[1] == env_key]:
+                self._discarding += self._shelves.pop(key).sandboxes
+            self._wake()
 
-    def close(self) -> None:
-        """Discard every warm sandbox; returns when none is left. Later takes start cold."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Discard every warm sandbox; returns when none is left, or after `timeout` seconds
+        (then False: the keeper is still discarding). Later takes start cold."""
         with self._changed:
             self._closed = True
-            leaving = [sandbox for shelf in self._shelves.values() for sandbox in shelf.sandboxes]
+            for shelf in self._shelves.values():
+                self._discarding += shelf.sandboxes
             self._shelves.clear()
             self._changed.notify_all()
             keeper = self._keeper
-        for sandbox in leaving:
-            sandbox.discard()
-        if keeper is not None:
-            keeper.join()
+        if keeper is None:
+            return True
+        keeper.join(timeout)
+        return not keeper.is_alive()
 
     # --- the keeper -------------------------------------------------------------------------
 
@@ -221,7 +241,8 @@ class WarmPool:
         sleep until the next thing to do."""
         while True:
             with self._changed:
-                leaving = self._leaving(time.monotonic())
+                leaving, self._discarding = self._discarding, []
+                leaving += self._leaving(time.monotonic())
                 shelf = None if self._closed else self._wanting()
                 if shelf is not None:
                     shelf.warming += 1
@@ -231,9 +252,16 @@ class WarmPool:
                     self._changed.wait(self._next_check(time.monotonic()))
                     continue
             for sandbox in leaving:
-                sandbox.discard()
+                self._discard(sandbox)
             if shelf is not None:
                 self._warm(shelf)
+
+    @staticmethod
+    def _discard(sandbox: WarmSandbox) -> None:
+        try:
+            sandbox.discard()
+        except Exception:  # noqa: BLE001 — the keeper goes on; the sweep removes what is left
+            logger.exception("could not discard a warm sandbox of %s", sandbox.entrypoint)
 
     def _warm(self, shelf: _Shelf) -> None:
         try:
@@ -242,6 +270,7 @@ class WarmPool:
             logger.exception("could not warm a sandbox of %s", shelf.entrypoint)
             sandbox = None
         with self._changed:
+            shelf.warming -= 1
             kept = (
                 sandbox is not None and not self._closed and self._shelves.get(shelf.key) is shelf
             )
@@ -249,11 +278,8 @@ class WarmPool:
                 shelf.sandboxes.append(sandbox)
             elif sandbox is None:
                 shelf.wanted = False
-        if sandbox is not None and not kept:
-            sandbox.discard()
-        with self._changed:
-            shelf.warming -= 1
-            self._changed.notify_all()
+        if sandbox is not None and not kept:  # dropped or closed while it was made
+            self._discard(sandbox)
 
     def _leaving(self, now: float) -> list[WarmSandbox]:
         """Take off the shelves (lock held) the sandboxes of idle keys, the dead, those not
@@ -278,14 +304,23 @@ class WarmPool:
                 leaving.append(sandbox)
         return leaving
 
+    def _kept(self) -> int:
+        """How many sandboxes count toward the total (lock held): those ready, those being made
+        and reusable ones serving a run (forgotten once dead or on their last run: they will
+        not come back)."""
+        kept = 0
+        for shelf in self._shelves.values():
+            shelf.lent = [sandbox for sandbox in shelf.lent if sandbox.alive()]
+            kept += len(shelf.sandboxes) + shelf.warming + len(shelf.lent)
+        return kept
+
     def _wanting(self) -> _Shelf | None:
         """The most recently used shelf short of sandboxes, while the total has room."""
-        shelves = self._shelves.values()
-        if sum(len(shelf.sandboxes) + shelf.warming for shelf in shelves) >= self.total:
+        if self._kept() >= self.total:
             return None
         short = [
             shelf
-            for shelf in shelves
+            for shelf in self._shelves.values()
             if shelf.wanted and len(shelf.sandboxes) + shelf.warming < self.per_key
         ]  # a reusing shelf is never wanted: its sandboxes start with its owner's runs
         return max(short, key=lambda shelf: shelf.used_at, default=None)

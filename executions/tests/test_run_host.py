@@ -1,10 +1,15 @@
 """Many runs in one worker process: the run worker's host supervises them at once in threads,
-each with its own lease, events and controls."""
+each with its own lease, events and controls; one stop ends them all."""
 
 import pytest
 
-from executions.models import Execution
+from executions.host import RunHost
+from executions.models import Execution, ExecutionEvent
+from executions.supervisor import Supervisor
+from executions.tests import runs
 from executions.tests.live import Client, deploy, wait_for_events, wait_for_status
+from sandbox.confinement import pids_of_uid
+from sandbox.warm import WarmPool
 
 pytestmark = pytest.mark.slow
 
@@ -61,3 +66,30 @@ def test_controls_reach_each_of_several_runs_held_by_one_worker(live, owner):
         assert client.post(f"/executions/{execution_id}/cancel").json()["status"] == "cancelled"
     rows = Execution.objects.filter(pk__in=ids)
     assert len({row.worker for row in rows}) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_stop_ends_every_run_the_host_holds(owner, owner_api, drain_queues):
+    slow = runs.deploy(owner, "slow", drain_queues)
+    ids = [
+        runs.execute(owner_api, slow.pk, input={"seconds": 60, "interval": 0.1}).json()["id"]
+        for _ in range(3)
+    ]
+    # The host of a run worker, in this process (its database work on the runs' own threads).
+    host = RunHost(len(ids), pool=WarmPool(per_key=1)).start()
+    supervisors = [Supervisor(execution_id) for execution_id in ids]
+    for supervisor in supervisors:
+        assert host.adopt(supervisor) == "supervising"
+    deltas = ExecutionEvent.objects.filter(execution__in=ids, type="content_delta")
+    runs.wait_until(
+        lambda: deltas.values("execution").distinct().count() == len(ids),
+        message="a delta of every run",
+    )
+
+    host.stop(grace=0)
+
+    assert host.runs == {}
+    ended = Execution.objects.filter(pk__in=ids)
+    assert [(row.status, row.error_type) for row in ended] == [("failed", "lost")] * len(ids)
+    assert {row.error_message for row in ended} == {"The worker running this execution stopped"}
+    assert [pids_of_uid(supervisor.run.uid) for supervisor in supervisors] == [[]] * len(ids)

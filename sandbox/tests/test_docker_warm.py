@@ -1,7 +1,8 @@
 """Warm sandboxes of the docker backend on the real engine: the container a cold run would get,
 started ahead with the agent imported, used once, its clock started when it is taken, gone
-when it ends or is discarded, and independent of the runner an older image was built with.
-(The abuse and walls suites run their docker runs from warm sandboxes too.)"""
+when it ends or is discarded, found by `kill_run` once taken, and independent of the runner an
+older image was built with. (The abuse and walls suites run their docker runs from warm
+sandboxes too.)"""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import io
 import tarfile
 import textwrap
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -283,6 +285,23 @@ def test_a_flooding_warm_run_ends_at_the_output_limit_without_a_container(warm, 
 
     assert (outcome.status, outcome.error_type) == (Status.FAILED, ErrorType.OUTPUT_LIMIT)
     assert containers_of(engine, env) == []
+
+
+def test_kill_run_kills_a_warm_run_from_any_process(docker_backend, warm, engine):
+    sandbox, untaken = warm("ticks"), warm("ticks")
+    run_id = str(uuid.uuid4())
+    run = sandbox.take(None, run_id=run_id)
+    recorded = Recorded(run)
+    recorded.wait_for("content_delta")
+
+    # A backend of its own, as the upkeep process has: nothing of the worker's memory.
+    DockerBackend(build=OFFLINE, egress_root=docker_backend.egress_root).kill_run(run_id)
+
+    outcome = recorded.finish(60)  # the agent would tick for 30 s
+    assert outcome.status == Status.FAILED, outcome
+    with pytest.raises(docker.errors.NotFound):
+        engine.api.inspect_container(run.container_id)
+    assert engine.api.inspect_container(untaken.run.container_id)["State"]["Running"]
 
 
 @pytest.mark.parametrize("when", ["at once", "once ready"])

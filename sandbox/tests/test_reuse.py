@@ -205,10 +205,45 @@ def test_drop_and_close_discard_free_and_busy_sandboxes(take, make_env, pool, ho
     else:
         pool.close()
 
+    assert free.owner.sandbox.wait(30).status == Status.CANCELLED  # by the pool's thread
     assert leftovers(free.owner.sandbox) == []
     assert finished(busy)["runs"] == 1  # the run goes on to its end; then its sandbox goes
     assert leftovers(busy.owner.sandbox) == []
     assert finished(take(None, "alice"))["runs"] == 1
+
+
+def test_sandboxes_kept_for_reuse_count_toward_the_total(process_backend, make_env):  # noqa: F811
+    pool = WarmPool(per_key=2, total=1)
+    env = make_env(AGENT)
+
+    def take(payload, owner):
+        return pool.take(
+            process_backend, env, "agent.main:handle", payload,
+            limits=TEST_LIMITS, reuse=POLICY, owner=owner,
+        )  # fmt: skip
+
+    try:
+        first = take(None, "alice")
+        assert finished(first)["runs"] == 1  # its sandbox is back on its shelf: the one kept
+        bob = take(None, "bob")
+        assert not isinstance(bob, ReusedRun)  # the total is reached: cold, nothing kept
+        assert finished(bob)["runs"] == 1
+
+        busy = take("hang", "alice")  # the one kept sandbox, serving a run
+        assert busy.owner is first.owner
+        Recorded(busy).wait_for("content_delta")
+        meanwhile = take(None, "alice")
+        assert not isinstance(meanwhile, ReusedRun)  # none free, none may be made: cold
+        assert finished(meanwhile)["runs"] == 1
+
+        busy.kill()  # its sandbox ends with it, and leaves room
+        assert busy.wait(60).status == Status.CANCELLED
+        again = take(None, "bob")
+        assert isinstance(again, ReusedRun) and again.owner is not first.owner
+        assert finished(again)["runs"] == 1
+        assert finished(take(None, "bob"))["runs"] == 2
+    finally:
+        pool.close()
 
 
 def test_without_reuse_every_run_gets_a_fresh_sandbox(process_backend, make_env, pool):  # noqa: F811

@@ -501,10 +501,15 @@ def test_dropping_a_version_discards_its_sandboxes_only(recording, make_env, poo
     pool.take(recording, a, "agent.main:which", None, limits=TEST_LIMITS).wait(30)
     pool.take(recording, b, "agent.main:which", None, limits=TEST_LIMITS).wait(30)
     ready_sandboxes(recording, 4)
+    dropped = [s for s in recording.warmed if s.env.key == a.key]
 
     pool.drop(a.key)
+    after = pool.take(recording, a, "agent.main:which", None, limits=TEST_LIMITS)
 
-    dropped = [s for s in recording.warmed if s.env.key == a.key]
+    assert after not in {s.run for s in dropped}  # none is taken once drop() returned
+    assert after.wait(30).output == "A"
+    for sandbox in dropped:  # the pool's thread discards them
+        assert sandbox.run.wait(30).status == Status.CANCELLED
     assert dropped and [leftovers(s.run) for s in dropped] == [[]] * len(dropped)
     assert all(s.alive() for s in recording.warmed if s.env.key == b.key)
 
