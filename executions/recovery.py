@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from core.queues import job_on_its_way
+from core.queues import job_on_its_way, queued_job_ids
 from core.sandbox_settings import sandbox_config
 from executions.choices import ErrorType, ExecutionStatus
 from executions.events import record_events
@@ -80,9 +80,10 @@ def _requeue_vanished_jobs(now) -> int:
     queue = django_rq.get_queue("runs")
     cutoff = now - timedelta(seconds=settings.AIMOS_RUN_LEASE_SECONDS * 2)
     pending = Execution.objects.filter(status=ExecutionStatus.PENDING, created_at__lt=cutoff)
+    queued = queued_job_ids(queue)
     count = 0
     for pk, attempt in pending.values_list("pk", "attempt").iterator():
-        if job_on_its_way(queue, run_job_id(pk, attempt), started_since=cutoff):
+        if job_on_its_way(queue, run_job_id(pk, attempt), started_since=cutoff, queued=queued):
             continue
         with transaction.atomic():
             if Execution.requeue_pending(pk, queued=attempt):

@@ -11,7 +11,7 @@ import django_rq
 from django.conf import settings
 from django.utils import timezone
 
-from core.queues import job_on_its_way
+from core.queues import job_on_its_way, queued_job_ids
 from notifications.jobs import delivery_job_id, enqueue_delivery
 from notifications.models import DeliveryStatus, WebhookDelivery
 
@@ -34,9 +34,11 @@ def sweep_deliveries(now=None) -> int:
     pending = WebhookDelivery.objects.filter(
         status=DeliveryStatus.PENDING, created_at__lt=written_before
     ).values_list("pk", flat=True)
+    queued = queued_job_ids(queue)
     count = 0
     for delivery_id in pending.iterator():
-        if not job_on_its_way(queue, delivery_job_id(delivery_id), started_since=started_since):
+        job_id = delivery_job_id(delivery_id)
+        if not job_on_its_way(queue, job_id, started_since=started_since, queued=queued):
             enqueue_delivery(delivery_id)
             count += 1
     return count

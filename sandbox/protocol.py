@@ -566,7 +566,8 @@ class WarmStream(WarmSandbox):
         timeout_seconds: float | None = None,
         run_id: str | None = None,
     ) -> Run:
-        """The run; `run_id` is not used (the sandbox was named when it started)."""
+        """The run; `run_id` names it for `kill_run` where the backend renames the sandbox
+        after its run (`DockerBackend`), else it is not used."""
         limits = self._limits_for(timeout_seconds)
         request = encode_request(
             "run", self.entrypoint, payload, state=state, env=env_vars,
