@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterable
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, serializers, status
@@ -116,6 +117,8 @@ def api_exception_handler(exc, context):
         if exc.status_code == status.HTTP_401_UNAUTHORIZED:
             response["WWW-Authenticate"] = WWW_AUTHENTICATE
         return response
+    if isinstance(exc, RequestDataTooBig):
+        return _response(_too_big_body(), status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
@@ -139,6 +142,13 @@ def api_exception_handler(exc, context):
             extra["retry_after"] = int(exc.wait)
         response.data = error_body(str(detail), code, **extra)
     return response
+
+
+def _too_big_body() -> dict:
+    return error_body(
+        "The request body is larger than this server accepts; send files as multipart uploads",
+        "too_large",
+    )
 
 
 def _response(body: dict, status_code: int):
@@ -204,6 +214,8 @@ class ApiErrorMiddleware:
             response = JsonResponse(body, status=503)
             response["Retry-After"] = "1"
             return response
+        if isinstance(exception, RequestDataTooBig):
+            return JsonResponse(_too_big_body(), status=413)
         error_id = str(uuid.uuid4())
         logger.exception("Unhandled error %s on %s %s", error_id, request.method, request.path)
         body = error_body("Internal server error", "server_error", error_id=error_id)

@@ -45,3 +45,10 @@ def test_validation_errors_name_their_fields(api):
 
     body = assert_error_shape(response, 400, "validation_error")
     assert body["errors"] == [{"field": "password", "message": "This field is required."}]
+
+
+def test_a_body_over_the_servers_limit_is_a_json_413(api, settings):
+    body = '{"username": "%s"}' % ("a" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1))
+    response = api.post(LOGIN, body, content_type="application/json")
+
+    assert_error_shape(response, 413, "too_large")
