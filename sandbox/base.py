@@ -3,7 +3,10 @@
 Nothing here knows Django models. A backend builds a version's environment
 (`prepare`), imports its entrypoint inside the sandbox (`inspect`) and starts runs
 (`start`, or ahead of time with `warm`); a `Run` handle streams events and is paused,
-resumed and killed by the host.
+resumed and killed by the host. A session (`start_session(SessionSpec)`) is a long-lived
+sandbox serving a workspace through its daemon (`sandbox/session_agent.py`); a run may be
+started inside a session's workspace (`start(..., workspace=SessionMount(...))`). What the
+backends share about sessions is in `sandbox.session`.
 """
 
 from __future__ import annotations
@@ -243,6 +246,67 @@ class ColdSandbox(WarmSandbox):
         return True
 
 
+@dataclass(frozen=True)
+class SessionMount:
+    """A session's places on this host, as a sandbox gets them: `workspace` (the mounted
+    workspace disk, bound read-write at /workspace) and `control_dir` (the directory of the
+    daemon's socket, bound at /aimos/session)."""
+
+    workspace: Path
+    control_dir: Path
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """What a session's sandbox is made of.
+
+    `workspace` and `control_dir`: as in `SessionMount`. `limits`: memory, cpus, pids,
+    max_file_mb, max_open_files, network as for a run; `workspace_mb` is the size of its own
+    /tmp; there is no timeout and no output cap (it lives until stopped). `env`: an agent
+    version's environment (its Python and packages, its code at /code as for runs), or None
+    for the base Python alone.
+    """
+
+    session_id: str
+    workspace: Path
+    control_dir: Path
+    limits: Limits
+    env: Environment | None = None
+
+    @property
+    def mount(self) -> SessionMount:
+        return SessionMount(self.workspace, self.control_dir)
+
+
+class SessionSandbox(abc.ABC):
+    """A session's running sandbox: its daemon listens on `socket_path` (`ready` was read
+    before `Backend.start_session` returned). Thread-safe."""
+
+    SOCKET_NAME = "agent.sock"
+
+    def __init__(self, spec: SessionSpec) -> None:
+        self.spec = spec
+
+    @property
+    def socket_path(self) -> Path:
+        """The daemon's socket on this host (in `spec.control_dir`)."""
+        return self.spec.control_dir / self.SOCKET_NAME
+
+    @abc.abstractmethod
+    def alive(self) -> bool:
+        """True until the daemon (and so the sandbox) has ended, on its own or stopped."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """End the sandbox: every process of it killed, its cgroups, uid, container and
+        egress proxy gone when this returns. Idempotent. The workspace is left as it is."""
+
+    def usage(self) -> dict[str, Any]:
+        """What the sandbox has used so far, where cheap to know: `peak_memory_mb`,
+        `cpu_ms` (each may be None)."""
+        return {}
+
+
 class Backend(abc.ABC):
     name: str
 
@@ -281,9 +345,22 @@ class Backend(abc.ABC):
         limits: Limits,
         env_vars: dict[str, str] | None = None,
         run_id: str | None = None,
+        workspace: SessionMount | None = None,
     ) -> Run:
         """Start a run of `entrypoint` with `payload` (and restored `state`). `run_id` names
-        the run for `kill_run`."""
+        the run for `kill_run`. With `workspace` (a task run of a session) the run's
+        /workspace is the session's workspace, bound read-write, instead of a tmpfs, its
+        /tmp a tmpfs of `limits.workspace_mb` of its own, and the session's control directory
+        is at /aimos/session (read-only: its daemon's socket); every other wall is a run's."""
+
+    def start_session(self, spec: SessionSpec) -> SessionSandbox:
+        """Start the sandbox of a session: walled as a run is (namespaces, no network unless
+        `spec.limits.network`, then the egress proxy; its own uid, rlimits, cgroups or
+        container limits, read-only root, /tmp a capped tmpfs), the workspace read-write at
+        /workspace, the control directory at /aimos/session, running the session daemon.
+        Returns once the daemon listens; raises SandboxError when it could not start, and
+        SandboxUnavailable when this backend cannot hold sessions here."""
+        raise SandboxUnavailable(f"the {self.name} sandbox cannot hold sessions")
 
     def warm(self, env: Environment, entrypoint: str, *, limits: Limits) -> WarmSandbox:
         """A sandbox for one later run of `entrypoint`, walled exactly as `start` walls one,
@@ -307,9 +384,10 @@ class Backend(abc.ABC):
         return None
 
     def sweep(self) -> list[str]:
-        """Kill and delete what is left of the runs of this host whose worker died (processes,
-        cgroups, containers, egress sockets); runs of live workers are left alone. Returns the
-        ids of the runs swept. Called by every upkeep pass."""
+        """Kill and delete what is left of the runs and sessions of this host whose worker or
+        session host died (processes, cgroups, containers, egress sockets); those of live
+        processes are left alone. Returns the ids of the runs (and sessions) swept. Called by
+        every upkeep pass."""
         return []
 
     @abc.abstractmethod

@@ -27,6 +27,19 @@ containers of a dead worker from those of a live one. A run container is named
 `aimos-run-<run id>-<suffix>`; a warm one is made before its run is known (its `aimos.run`
 label is an id of its own, and labels cannot change), so its take renames it after the run,
 and `kill_run` finds a run's containers by label or by name, from any process.
+
+A session's sandbox (`start_session`, `DockerSession`) is a container with a run's limits and
+labels plus `aimos.session=<id>` (`aimos-session-<id>-<suffix>`), of the version's image or
+the base image, whose command is the session daemon (`sandbox.session`), its stdin attached
+and kept open (closed when the attaching process goes away: the daemon then ends). It has
+the session's workspace bound read-write at /workspace, the control directory at
+/aimos/session, the daemon (and, with the network, the bridge) bound read-only from this
+host, and /tmp a capped tmpfs. A task run of a session (`start(..., workspace=)`) is a run
+container with the same workspace and control directory (read-only) binds. In a version's
+image /tmp is a link to /workspace/.tmp, so the tmpfs is mounted there: the workspace holds
+an empty, root-owned `.tmp` as its mount point, emptied before each container starts.
+`stop()` removes the container; `sweep()` removes the session containers of dead processes
+as it does runs'.
 """
 
 from __future__ import annotations
@@ -35,8 +48,10 @@ import errno
 import io
 import logging
 import os
+import re
 import shutil
 import socket
+import stat
 import struct
 import tempfile
 import threading
@@ -58,13 +73,18 @@ from sandbox.base import (
     Run,
     SandboxError,
     SandboxUnavailable,
+    SessionMount,
+    SessionSandbox,
+    SessionSpec,
     WarmSandbox,
 )
 from sandbox.docker_images import (
     AGENT_DIR,
     AGENT_UID,
+    EGRESS_DIR,
     LABEL_BUILD,
     LABEL_ENV,
+    NETBRIDGE_PATH,
     TMP_LINK,
     WORKSPACE,
     ImageBuilder,
@@ -77,19 +97,46 @@ from sandbox.docker_images import (
     runner_command,
     runner_input,
 )
-from sandbox.egress import SOCKET_NAME, EgressPolicy, EgressProxy, proxy_environment
+from sandbox.egress import PROXY_PORT, SOCKET_NAME, EgressPolicy, EgressProxy, proxy_environment
 from sandbox.limits import INSPECT_LIMITS
 from sandbox.protocol import StreamRun, WarmStream, inspection_from, run_request, warm_request
 from sandbox.requirements import BuildRules
+from sandbox.session import (
+    AGENT_IN_SANDBOX,
+    AGENT_PATH,
+    CONTROL_IN_SANDBOX,
+    READY_SECONDS,
+    STOP_GRACE_SECONDS,
+    DaemonOutput,
+    check_mount,
+    daemon_argv,
+    give_control_dir,
+    remove_socket,
+    seal_control_dir,
+    seal_ready_control_dir,
+)
 
 if TYPE_CHECKING:
     from sandbox.config import SandboxConfig
 
-__all__ = ["LABEL_BUILD", "LABEL_ENV", "LABEL_RUN", "DockerBackend", "DockerRun", "image_tag"]
+__all__ = [
+    "LABEL_BUILD",
+    "LABEL_ENV",
+    "LABEL_RUN",
+    "LABEL_SESSION",
+    "DockerBackend",
+    "DockerRun",
+    "DockerSession",
+    "image_tag",
+]
 
 LABEL_RUN = "aimos.run"
+LABEL_SESSION = "aimos.session"
 LABEL_OWNER = "aimos.owner"
 RUN_NAME = "aimos-run-"  # then the run's id, a dash and a suffix of the container's own
+SESSION_NAME = "aimos-session-"  # then the session's id, a dash and a suffix
+NETBRIDGE_IN_SESSION = "/aimos/netbridge.py"  # base images have no bridge of their own
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 # An egress folder this young may still be getting its socket.
 EGRESS_GRACE_S = 60.0
 SHM_MB = 64
@@ -222,13 +269,42 @@ class DockerBackend(Backend):
         limits: Limits,
         env_vars: dict[str, str] | None = None,
         run_id: str | None = None,
+        workspace: SessionMount | None = None,
     ) -> Run:
         """Start a container for one run. The manifest's `env` and `env_vars` reach the agent
         through the runner's stdin (not the container's config, so `docker inspect` does not
         show them); nothing of this host's environment does. A run whose limits allow the
-        network reaches public addresses only, through its own egress proxy."""
+        network reaches public addresses only, through its own egress proxy. With
+        `workspace`: a session's task run (see `Backend.start`)."""
         request = run_request(env, entrypoint, payload, state=state, env_vars=env_vars)
-        return self._launch(env, request, limits, run_id=run_id)
+        if workspace is not None:
+            workspace = check_mount(workspace)
+        return self._launch(env, request, limits, run_id=run_id, workspace=workspace)
+
+    def start_session(self, spec: SessionSpec) -> SessionSandbox:
+        """The session's container (see the module docstring), its daemon listening. The
+        control directory is the container user's only until the daemon has made its
+        socket, then root's again, so nothing in the container can put files there."""
+        mount = check_mount(spec.mount)
+        spec = SessionSpec(spec.session_id, mount.workspace, mount.control_dir, spec.limits,
+                           spec.env)  # fmt: skip
+        proxy = None
+        if spec.limits.network:
+            proxy = open_egress(self.egress_root, EgressPolicy.for_run().with_host_addresses())
+        try:
+            container_id = self._create_session_container(spec, proxy)
+        except BaseException:
+            close_egress(proxy)
+            raise
+        session = DockerSession(spec, self.client.api, container_id, proxy=proxy)
+        try:
+            session._start()
+            session.wait_ready()
+            seal_ready_control_dir(mount.control_dir)
+        except BaseException:
+            session.stop()
+            raise
+        return session
 
     def warm(self, env: Environment, entrypoint: str, *, limits: Limits) -> WarmSandbox:
         """The container `start` would make, started now: its runner imports `entrypoint`
@@ -257,20 +333,22 @@ class DockerBackend(Backend):
                 pass
 
     def sweep(self) -> list[str]:
-        """Remove the run containers whose owner (a worker of this host) is dead, and the
-        egress folders under `egress_root` whose proxy no longer listens. Returns the ids of
-        the runs swept. Containers of other hosts, and of live processes, are left alone."""
+        """Remove the run and session containers whose owner (a worker or session host of this
+        host) is dead, and the egress folders under `egress_root` whose proxy no longer
+        listens. Returns the ids of the runs and sessions swept. Containers of other hosts,
+        and of live processes, are left alone."""
         api = self.client.api
         swept: list[str] = []
-        for container in api.containers(all=True, filters={"label": LABEL_RUN}):
-            labels = container.get("Labels") or {}
-            if owner_alive(labels.get(LABEL_OWNER, "")):
-                continue
-            try:
-                api.remove_container(container["Id"], force=True)
-            except docker.errors.NotFound:
-                pass
-            swept.append(labels.get(LABEL_RUN, container["Id"][:12]))
+        for label in (LABEL_RUN, LABEL_SESSION):
+            for container in api.containers(all=True, filters={"label": label}):
+                labels = container.get("Labels") or {}
+                if owner_alive(labels.get(LABEL_OWNER, "")):
+                    continue
+                try:
+                    api.remove_container(container["Id"], force=True)
+                except docker.errors.NotFound:
+                    pass
+                swept.append(labels.get(label, container["Id"][:12]))
         sweep_egress_folders(self.egress_root)
         return swept
 
@@ -282,6 +360,7 @@ class DockerBackend(Backend):
         *,
         run_id: str | None = None,
         warm: bool = False,
+        workspace: SessionMount | None = None,
     ) -> DockerRun:
         api = self.client.api
         run_id = run_id or uuid.uuid4().hex
@@ -289,7 +368,7 @@ class DockerBackend(Backend):
         if limits.network:
             proxy = open_egress(self.egress_root, EgressPolicy.for_run().with_host_addresses())
         try:
-            container_id = self._create_run_container(env, limits, run_id, proxy)
+            container_id = self._create_run_container(env, limits, run_id, proxy, workspace)
         except BaseException:
             close_egress(proxy)
             raise
@@ -305,37 +384,29 @@ class DockerBackend(Backend):
         return run
 
     def _create_run_container(
-        self, env: Environment, limits: Limits, run_id: str, proxy: EgressProxy | None
+        self,
+        env: Environment,
+        limits: Limits,
+        run_id: str,
+        proxy: EgressProxy | None,
+        workspace: SessionMount | None = None,
     ) -> str:
-        """A stopped container for one run; with `proxy`, its bridge is the way out."""
+        """A stopped container for one run; with `proxy`, its bridge is the way out; with
+        `workspace`, a session's task run (its workspace bound, /tmp a tmpfs of its own)."""
         api = self.client.api
         command = runner_command()
         if proxy is not None:
             command = bridged(command)
-        host_config = api.create_host_config(
-            network_mode="none",
-            mem_limit=limits.memory_mb * _MiB,
-            memswap_limit=limits.memory_mb * _MiB,
-            nano_cpus=int(limits.cpus * 1e9),
-            pids_limit=limits.pids,
-            read_only=True,
+        binds = egress_bind(proxy) or {}
+        if workspace is None:
             # One filesystem for the workspace and /tmp (a link into it): one cap for both.
-            tmpfs={WORKSPACE: f"size={limits.workspace_mb}m,mode=1777"},
-            shm_size=f"{min(SHM_MB, limits.workspace_mb)}m",
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            init=True,
-            ulimits=[
-                Ulimit(name="nofile", soft=limits.max_open_files, hard=limits.max_open_files),
-                Ulimit(
-                    name="fsize", soft=limits.max_file_mb * _MiB, hard=limits.max_file_mb * _MiB
-                ),
-                Ulimit(name="core", soft=0, hard=0),
-            ],
-            binds=egress_bind(proxy),
-            log_config=LogConfig(type="none"),
-            oom_score_adj=1000,
-        )
+            tmpfs = {WORKSPACE: f"size={limits.workspace_mb}m,mode=1777"}
+        else:
+            prepare_tmp_mount_point(workspace.workspace)
+            tmpfs = {TMP_LINK: f"size={limits.workspace_mb}m,mode=1777"}
+            binds[str(workspace.workspace)] = {"bind": WORKSPACE, "mode": "rw"}
+            binds[str(workspace.control_dir)] = {"bind": CONTROL_IN_SANDBOX, "mode": "ro"}
+        host_config = self._host_config(limits, tmpfs=tmpfs, binds=binds or None)
         try:
             created = api.create_container(
                 env.location,
@@ -355,10 +426,140 @@ class DockerBackend(Backend):
             raise SandboxError(f"could not create a container: {exc}") from exc
         return created["Id"]
 
+    def _host_config(
+        self, limits: Limits, *, tmpfs: dict[str, str], binds: dict | None
+    ) -> dict[str, Any]:
+        """The limits every AIMOS container gets (runs and sessions alike)."""
+        return self.client.api.create_host_config(
+            network_mode="none",
+            mem_limit=limits.memory_mb * _MiB,
+            memswap_limit=limits.memory_mb * _MiB,
+            nano_cpus=int(limits.cpus * 1e9),
+            pids_limit=limits.pids,
+            read_only=True,
+            tmpfs=tmpfs,
+            shm_size=f"{min(SHM_MB, limits.workspace_mb)}m",
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            init=True,
+            ulimits=[
+                Ulimit(name="nofile", soft=limits.max_open_files, hard=limits.max_open_files),
+                Ulimit(
+                    name="fsize", soft=limits.max_file_mb * _MiB, hard=limits.max_file_mb * _MiB
+                ),
+                Ulimit(name="core", soft=0, hard=0),
+            ],
+            binds=binds,
+            log_config=LogConfig(type="none"),
+            oom_score_adj=1000,
+        )
+
+    def _create_session_container(self, spec: SessionSpec, proxy: EgressProxy | None) -> str:
+        """A stopped container running the session daemon (see the module docstring)."""
+        api = self.client.api
+        limits = spec.limits
+        image = spec.env.location if spec.env is not None else self.base_image
+        command = daemon_argv("python3", limits)
+        if proxy is not None:
+            command = ["python3", "-I", "-S", NETBRIDGE_IN_SESSION, f"{EGRESS_DIR}/{SOCKET_NAME}",
+                       str(PROXY_PORT), "--", *command]  # fmt: skip
+        binds = egress_bind(proxy) or {}
+        binds[str(spec.workspace)] = {"bind": WORKSPACE, "mode": "rw"}
+        binds[str(spec.control_dir)] = {"bind": CONTROL_IN_SANDBOX, "mode": "rw"}
+        binds[str(AGENT_PATH)] = {"bind": AGENT_IN_SANDBOX, "mode": "ro"}
+        if proxy is not None:
+            binds[str(NETBRIDGE_PATH)] = {"bind": NETBRIDGE_IN_SESSION, "mode": "ro"}
+        # A version's image has /tmp as a link into the workspace: the tmpfs goes there.
+        tmp = "/tmp"
+        if spec.env is not None:
+            prepare_tmp_mount_point(spec.workspace)
+            tmp = TMP_LINK
+        host_config = self._host_config(
+            limits, tmpfs={tmp: f"size={limits.workspace_mb}m,mode=1777"}, binds=binds
+        )
+        give_control_dir(spec.control_dir, AGENT_UID)
+        labels = {LABEL_SESSION: spec.session_id, LABEL_OWNER: owner_label()}
+        if spec.env is not None:
+            labels[LABEL_ENV] = spec.env.key
+        environment = {"HOME": WORKSPACE, "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
+        if proxy is not None:
+            environment.update(proxy_environment())
+        try:
+            created = api.create_container(
+                image,
+                command=command,
+                user=f"{AGENT_UID}:{AGENT_UID}",
+                working_dir=WORKSPACE,
+                hostname="sandbox",
+                # With stdin open and not detached the engine sets StdinOnce: the daemon's
+                # stdin ends when the attached process (its host) goes away.
+                stdin_open=True,
+                environment=environment,
+                labels=labels,
+                name=session_container_name(spec.session_id),
+                host_config=host_config,
+            )
+        except docker.errors.ImageNotFound as exc:
+            raise SandboxError(f"the image {image} is gone; rebuild the version") from exc
+        except (docker.errors.DockerException, OSError) as exc:
+            raise SandboxError(f"could not create a container: {exc}") from exc
+        return created["Id"]
+
 
 def container_name(run_id: str) -> str:
     """A new name for a container of `run_id`."""
     return f"{RUN_NAME}{run_id}-{uuid.uuid4().hex[:8]}"
+
+
+def session_container_name(session_id: str) -> str:
+    """A new name for a container of the session `session_id`."""
+    safe = _NAME_UNSAFE.sub("-", session_id)[:64]
+    return f"{SESSION_NAME}{safe}-{uuid.uuid4().hex[:8]}"
+
+
+def prepare_tmp_mount_point(workspace: Path) -> None:
+    """`workspace/.tmp`: an empty directory of root's, mode 1777, where a version image's
+    /tmp (a link to /workspace/.tmp) gets its tmpfs. Whatever else is there is deleted
+    first, without following a link: the engine copies a mount point's files into the
+    tmpfs, and takes its mode."""
+    root = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    name = os.path.basename(TMP_LINK)
+    try:
+        try:
+            found = os.stat(name, dir_fd=root, follow_symlinks=False)
+        except FileNotFoundError:
+            found = None
+        if found is not None and not (stat.S_ISDIR(found.st_mode) and found.st_uid == 0):
+            if stat.S_ISDIR(found.st_mode):
+                shutil.rmtree(name, dir_fd=root)
+            else:
+                os.unlink(name, dir_fd=root)
+            found = None
+        if found is None:
+            try:
+                os.mkdir(name, 0o700, dir_fd=root)
+            except FileExistsError:
+                pass  # another container of the session made it meanwhile
+        point = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        dir_fd=root)  # fmt: skip
+        try:
+            with os.scandir(point) as entries:
+                leftovers = [entry.name for entry in entries]
+            for entry in leftovers:
+                try:
+                    mode = os.stat(entry, dir_fd=point, follow_symlinks=False).st_mode
+                    if stat.S_ISDIR(mode):
+                        shutil.rmtree(entry, dir_fd=point)
+                    else:
+                        os.unlink(entry, dir_fd=point)
+                except FileNotFoundError:
+                    pass
+            os.fchown(point, 0, 0)
+            os.fchmod(point, 0o1777)
+        finally:
+            os.close(point)
+    finally:
+        os.close(root)
 
 
 class WarmContainer(WarmStream):
@@ -520,34 +721,139 @@ class DockerRun(StreamRun):
                 close_egress(self.proxy)
 
     def _remove(self) -> None:
-        """Force-remove the container (killing it, paused or not) and wait until it is gone.
-
-        Retries for REMOVE_WITHIN_S while the engine is busy or briefly unreachable, then
-        raises SandboxError: a container that may still run is never reported as gone.
-        """
-        deadline = time.monotonic() + self.REMOVE_WITHIN_S
-        while True:
-            try:
-                self.api.remove_container(self.container_id, force=True)
-                if not _exists(self.api, self.container_id):
-                    break
-            except docker.errors.NotFound:
-                break
-            except docker.errors.APIError as exc:
-                # 409: a removal is already in progress (another thread's kill); wait it out.
-                if exc.status_code != 409 and exc.status_code is not None and exc.status_code < 500:
-                    raise SandboxError(f"could not remove the container: {exc}") from exc
-                problem: Exception = exc
-            except (docker.errors.DockerException, OSError) as exc:  # requests' errors are OSError
-                problem = exc
-            else:
-                problem = SandboxError("still listed after removal")
-            if time.monotonic() > deadline:
-                raise SandboxError(
-                    f"container {self.container_id[:12]} could not be removed: {problem}"
-                )
-            time.sleep(0.1)
+        """Force-remove the container (killing it, paused or not) and wait until it is gone
+        (see `remove_container`)."""
+        remove_container(self.api, self.container_id, self.REMOVE_WITHIN_S)
         self._gone.set()
+
+
+class DockerSession(SessionSandbox):
+    """A session's container (see the module docstring). Its daemon's stdin is the attach
+    connection of the process that started it: when that process goes away the engine
+    closes it, the daemon ends, and the container is left for `sweep()`."""
+
+    REMOVE_WITHIN_S = 30.0
+
+    def __init__(
+        self,
+        spec: SessionSpec,
+        api: docker.APIClient,
+        container_id: str,
+        *,
+        proxy: EgressProxy | None = None,
+    ) -> None:
+        super().__init__(spec)
+        self.api = api
+        self.container_id = container_id
+        self.proxy = proxy
+        self.output: DaemonOutput | None = None
+        self._stdout: _DemuxedStdout | None = None
+        self._cgroups: _Cgroups | None = None
+        self._stop_lock = threading.Lock()
+        self._stopped = False
+        self._usage: dict[str, Any] = {"peak_memory_mb": None, "cpu_ms": None}
+
+    def _start(self) -> None:
+        """Attach (stdin, stdout, stderr), start, read the daemon's stdout."""
+        try:
+            attached = self.api.attach_socket(
+                self.container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+            )
+            sock: socket.socket = getattr(attached, "_sock", attached)
+            sock.settimeout(None)  # the daemon is quiet on stdout after `ready`
+            self._stdout = _DemuxedStdout(sock, on_terminal=lambda: None)
+            self.api.start(self.container_id)
+            pid = self.api.inspect_container(self.container_id)["State"].get("Pid") or 0
+        except (docker.errors.DockerException, OSError) as exc:
+            raise SandboxError(f"could not start a container: {exc}") from exc
+        self._cgroups = _Cgroups.of(pid, self.container_id)
+        self.output = DaemonOutput(io.BufferedReader(self._stdout, buffer_size=65536))
+
+    def diagnostics(self) -> str:
+        said = self.output.printed() if self.output is not None else ""
+        stderr = self._stdout.stderr_tail() if self._stdout is not None else ""
+        return (said + stderr).strip()[-2000:]
+
+    def wait_ready(self, timeout: float = READY_SECONDS) -> None:
+        """Returns once the daemon listens; SandboxError (saying why) when it ended first or
+        did not say `ready` within `timeout`."""
+        assert self.output is not None
+        if self.output.wait_ready(timeout):
+            return
+        if self.output.ended.is_set():
+            raise SandboxError(f"the session's daemon ended as it started: {self.diagnostics()}")
+        raise SandboxError(f"the session's daemon did not listen within {timeout:g} s")
+
+    def alive(self) -> bool:
+        """False once the container's output ended (the daemon, and so the container, ended)
+        or it was stopped."""
+        return self.output is not None and not self.output.ended.is_set() and not self._stopped
+
+    def usage(self) -> dict[str, Any]:
+        with self._stop_lock:
+            self._sample()
+            return dict(self._usage)
+
+    def _sample(self) -> None:
+        if self._cgroups is not None and self._cgroups.sample():
+            self._usage = {
+                "peak_memory_mb": self._cgroups.peak_memory_mb,
+                "cpu_ms": self._cgroups.cpu_ms,
+            }
+
+    def stop(self) -> None:
+        """Ends the daemon's stdin (it kills what it started and ends), then removes the
+        container (whatever is left is killed) and closes the egress proxy; returns once the
+        engine no longer knows the container."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            try:
+                if self._stdout is not None and self.output is not None:
+                    try:
+                        self._stdout.sock.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
+                    self.output.ended.wait(STOP_GRACE_SECONDS)
+                self._sample()
+                remove_container(self.api, self.container_id, self.REMOVE_WITHIN_S)
+            finally:
+                try:
+                    if self._stdout is not None:
+                        self._stdout.close()
+                finally:
+                    close_egress(self.proxy)
+                    remove_socket(self.spec.control_dir)
+                    seal_control_dir(self.spec.control_dir)
+
+
+def remove_container(api: docker.APIClient, container_id: str, within: float) -> None:
+    """Force-remove the container (killing it, paused or not) and wait until it is gone.
+
+    Retries for `within` seconds while the engine is busy or briefly unreachable, then
+    raises SandboxError: a container that may still run is never reported as gone.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            api.remove_container(container_id, force=True)
+            if not _exists(api, container_id):
+                return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            # 409: a removal is already in progress (another thread's kill); wait it out.
+            if exc.status_code != 409 and exc.status_code is not None and exc.status_code < 500:
+                raise SandboxError(f"could not remove the container: {exc}") from exc
+            problem: Exception = exc
+        except (docker.errors.DockerException, OSError) as exc:  # requests' errors are OSError
+            problem = exc
+        else:
+            problem = SandboxError("still listed after removal")
+        if time.monotonic() > deadline:
+            raise SandboxError(f"container {container_id[:12]} could not be removed: {problem}")
+        time.sleep(0.1)
 
 
 def _start_time(pid: int) -> str | None:

@@ -14,6 +14,11 @@ A warm sandbox (`warm`) is the same sandbox started before its run: the runner i
 entrypoint and waits on stdin for the run's request (`sandbox.protocol.WarmStream`); a
 reusable one (`warm_reusable`) serves runs one after another (`sandbox.protocol.ReusableStream`).
 
+A session's sandbox (`start_session`, `ProcessSession`) is the same sandbox around the session
+daemon instead of the runner, with no CPU-seconds limit, the session's workspace disk bound at
+/workspace and /tmp a capped tmpfs of its own (see `sandbox.session`); a task run of a session
+(`start(..., workspace=)`) is a cold run with that workspace. Both need isolation.
+
 Every process of a run is found through its cgroup or its dedicated uid (`confinement`).
 The PID namespace dies with its init, so a run's daemons die with the run; the launcher dies
 with the worker process, so a crashed worker leaves no run going (`sweep()` then deletes
@@ -37,9 +42,11 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sandbox import seccomp
 from sandbox.base import (
@@ -52,6 +59,9 @@ from sandbox.base import (
     Run,
     SandboxError,
     SandboxUnavailable,
+    SessionMount,
+    SessionSandbox,
+    SessionSpec,
     WarmSandbox,
 )
 from sandbox.confinement import (
@@ -80,6 +90,17 @@ from sandbox.protocol import (
     warm_request,
 )
 from sandbox.requirements import BuildRules, check_source_builds, requirements_file, tree_size
+from sandbox.session import (
+    READY_SECONDS,
+    STOP_GRACE_SECONDS,
+    DaemonOutput,
+    check_mount,
+    daemon_argv,
+    give_control_dir,
+    remove_socket,
+    seal_control_dir,
+    seal_ready_control_dir,
+)
 
 logger = logging.getLogger("aimos.sandbox")
 
@@ -94,6 +115,11 @@ BUILD_LIMITS = Limits(
 )
 BUILD_SIZE_EVERY_S = 0.5
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_NEEDS_ISOLATION = (
+    "sessions and their task runs need the isolated process sandbox (bubblewrap, root, "
+    "cgroups, seccomp); it is unavailable here and unisolated runs are not offered to them"
+)
+Confined = TypeVar("Confined")
 
 
 # --- a run -----------------------------------------------------------------------------------
@@ -188,22 +214,120 @@ class ProcessRun(StreamRun):
         return {"cpu_seconds": list(cpu_seconds(limits))}
 
     def _release(self) -> None:
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                try:
-                    stream.close()
-                except OSError:
-                    pass
-        if self._proxy is not None:
-            self._proxy.close()
+        _free(self.proc, self.members, self._proxy, self.run_dir, self._run_lock, self._lease)
+
+
+class ProcessSession(SessionSandbox):
+    """A session's sandbox on the process backend: the daemon under bubblewrap, a uid of its
+    own, cgroups; it dies with the process that started it (`--die-with-parent`)."""
+
+    def __init__(
+        self,
+        spec: SessionSpec,
+        limits: Limits,
+        proc: subprocess.Popen,
+        members: Members,
+        *,
+        lease: UidLease | None,
+        run_dir: Path,
+        run_lock: int,
+        proxy: EgressProxy | None = None,
+    ) -> None:
+        super().__init__(spec)
+        self.limits = limits
+        self.proc = proc
+        self.members = members
+        self.uid = lease.uid if lease else None
+        self.run_dir = run_dir
+        self._lease = lease
+        self._run_lock = run_lock
+        self._proxy = proxy
+        self._reaped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._stopped = False
+        self._usage: dict[str, Any] = {"peak_memory_mb": None, "cpu_ms": None}
+        self._stderr: deque[bytes] = deque(maxlen=64)
+        assert proc.stdout is not None
+        self.output = DaemonOutput(proc.stdout)
+        threading.Thread(target=self._collect_stderr, name="session-stderr", daemon=True).start()
+        threading.Thread(target=self._reap, name="session-reaper", daemon=True).start()
+
+    def _collect_stderr(self) -> None:
+        if self.proc.stderr is None:
+            return
+        for line in iter(lambda: self.proc.stderr.readline(4096), b""):
+            self._stderr.append(line)
+
+    def _reap(self) -> None:
         try:
-            if self.members.cgroups is not None:
-                self.members.cgroups.remove()
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+            _, status, _ = os.wait4(self.proc.pid, 0)
+            self.proc.returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            pass
         finally:
-            os.close(self._run_lock)
-            if self._lease is not None:
-                self._lease.release()
+            self._reaped.set()
+
+    def diagnostics(self) -> str:
+        """What the daemon and its launcher said on stderr (and stdout before `ready`)."""
+        text = self.output.printed() + b"".join(self._stderr).decode("utf-8", "replace")
+        return text.strip()[-2000:]
+
+    def wait_ready(self, timeout: float = READY_SECONDS) -> None:
+        """Returns once the daemon listens; SandboxError (saying why) when it ended first or
+        did not say `ready` within `timeout`."""
+        if self.output.wait_ready(timeout):
+            return
+        if self.output.ended.is_set() or not self.alive():
+            raise SandboxError(f"the session's daemon ended as it started: {self.diagnostics()}")
+        raise SandboxError(f"the session's daemon did not listen within {timeout:g} s")
+
+    def alive(self) -> bool:
+        return not self._reaped.is_set()
+
+    def usage(self) -> dict[str, Any]:
+        with self._stop_lock:
+            if not self._stopped:
+                self._sample()
+            return dict(self._usage)
+
+    def _sample(self) -> None:
+        cgroups = self.members.cgroups
+        if cgroups is None:
+            return
+        try:
+            self._usage = {"peak_memory_mb": cgroups.peak_memory_mb(), "cpu_ms": cgroups.cpu_ms()}
+        except (OSError, ValueError, KeyError):
+            pass
+
+    def stop(self) -> None:
+        """At stdin's EOF the daemon kills what it started and ends; whatever is left after
+        STOP_GRACE_SECONDS (or does not end) is killed through the cgroups and the uid. Then
+        the cgroups, uid, run directory and egress proxy are released."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            try:
+                if self.proc.stdin is not None:
+                    try:
+                        self.proc.stdin.close()
+                    except OSError:
+                        pass
+                self._reaped.wait(STOP_GRACE_SECONDS)
+                self._sample()
+                if not self._reaped.is_set():
+                    try:
+                        os.killpg(self.proc.pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                self.members.kill()
+                if not self._reaped.wait(KILL_DEADLINE_S):
+                    raise SandboxError(f"the session sandbox {self.proc.pid} did not end")
+            finally:
+                _free(self.proc, self.members, self._proxy, self.run_dir, self._run_lock,
+                      self._lease)  # fmt: skip
+                remove_socket(self.spec.control_dir)
+                seal_control_dir(self.spec.control_dir)
 
 
 # --- the backend -----------------------------------------------------------------------------
@@ -525,13 +649,48 @@ class ProcessBackend(Backend):
         limits: Limits,
         env_vars: dict[str, str] | None = None,
         run_id: str | None = None,
+        workspace: SessionMount | None = None,
     ) -> Run:
         """Start a run. The manifest's `env` and `env_vars` reach the agent through the
         runner's stdin (never a command line); nothing else of this host's environment does.
         Its sandbox dies with the process that started it (`--die-with-parent` and the PID
-        namespace), so `kill_run` has nothing to do."""
+        namespace), so `kill_run` has nothing to do. With `workspace`: a session's task run
+        (see `Backend.start`); SandboxUnavailable when runs are not isolated here."""
         request = run_request(env, entrypoint, payload, state=state, env_vars=env_vars)
-        return self._start(env, request, limits)
+        return self._start(env, request, limits, session=workspace)
+
+    def start_session(self, spec: SessionSpec) -> SessionSandbox:
+        """The session's sandbox (see `Backend.start_session`), its daemon listening. The
+        control directory is the sandbox user's only until the daemon has made its socket,
+        then root's again, so nothing in the sandbox can put files there."""
+        if not self._check_isolation():
+            raise SandboxUnavailable(_NEEDS_ISOLATION)
+        mount = check_mount(spec.mount)
+        venv = code = None
+        python = self.python
+        if spec.env is not None:
+            location = Path(spec.env.location)
+            if not (location / "venv").is_dir():
+                raise SandboxError(f"environment {spec.env.key} is not built")
+            venv, code, python = location / "venv", location / "code", "/env/bin/python"
+        egress = EgressPolicy.for_run().with_host_addresses() if spec.limits.network else None
+        try:
+            session = self._spawn(
+                venv, code, daemon_argv(python, spec.limits), limits=spec.limits, isolated=True,
+                egress=egress, cpu_runs=None, session=mount, daemon=True,
+                wrap=partial(ProcessSession, replace(spec, workspace=mount.workspace,
+                                                     control_dir=mount.control_dir)),
+            )  # fmt: skip
+        except BaseException:
+            seal_control_dir(mount.control_dir)
+            raise
+        try:
+            session.wait_ready()
+            seal_ready_control_dir(mount.control_dir)
+        except BaseException:
+            session.stop()
+            raise
+        return session
 
     def warm(self, env: Environment, entrypoint: str, *, limits: Limits) -> WarmSandbox:
         """The sandbox `start` would start, started now: its runner imports `entrypoint` with
@@ -556,9 +715,15 @@ class ProcessBackend(Backend):
         return sandbox
 
     def _start(
-        self, env: Environment, request: bytes, limits: Limits, *, warm: bool = False
+        self,
+        env: Environment,
+        request: bytes,
+        limits: Limits,
+        *,
+        warm: bool = False,
+        session: SessionMount | None = None,
     ) -> ProcessRun:
-        run = self._launch(env, limits)
+        run = self._launch(env, limits, session=session)
         run._begin(run.proc.stdout, warm=warm)
         if warm:
             _feed(run.proc, request, close=False)  # a small line; the run's request follows
@@ -566,9 +731,21 @@ class ProcessBackend(Backend):
             run._send(request)
         return run
 
-    def _launch(self, env: Environment, limits: Limits, *, cpu_runs: int = 1) -> ProcessRun:
-        """The runner of `env`, confined, not yet begun (`cpu_runs`: see `SandboxCommand`)."""
+    def _launch(
+        self,
+        env: Environment,
+        limits: Limits,
+        *,
+        cpu_runs: int = 1,
+        session: SessionMount | None = None,
+    ) -> ProcessRun:
+        """The runner of `env`, confined, not yet begun (`cpu_runs`, `session`: see
+        `SandboxCommand`)."""
         isolated = self._check_isolation()
+        if session is not None:
+            if not isolated:
+                raise SandboxUnavailable(_NEEDS_ISOLATION)
+            session = check_mount(session)
         location = Path(env.location)
         if not (location / "venv").is_dir():
             raise SandboxError(f"environment {env.key} is not built (no {location / 'venv'})")
@@ -579,12 +756,13 @@ class ProcessBackend(Backend):
                     str(location / "code")]  # fmt: skip
         egress = EgressPolicy.for_run().with_host_addresses() if limits.network else None
         return self._spawn(location / "venv", location / "code", argv, limits=limits,
-                           isolated=isolated, egress=egress, cpu_runs=cpu_runs)  # fmt: skip
+                           isolated=isolated, egress=egress, cpu_runs=cpu_runs,
+                           session=session)  # fmt: skip
 
     def _spawn(
         self,
-        venv: Path,
-        code: Path,
+        venv: Path | None,
+        code: Path | None,
         argv: list[str],
         *,
         limits: Limits,
@@ -594,28 +772,32 @@ class ProcessBackend(Backend):
         on_refusal: LogSink | None = None,
         stdin: int = subprocess.PIPE,
         stderr: int = subprocess.PIPE,
-        cpu_runs: int = 1,
-    ) -> ProcessRun:
+        cpu_runs: int | None = 1,
+        session: SessionMount | None = None,
+        daemon: bool = False,
+        wrap: Callable[..., Confined] = ProcessRun,
+    ) -> Confined:
         """Start `argv` confined. Isolated: bwrap with a network namespace of its own (its one
         way out, when `egress` is given, the egress proxy on a Unix socket), a uid of its own
-        (owning the venv when `writable_env`), a size-capped workspace holding /tmp, rlimits,
-        cgroups. Unisolated: rlimits and cgroups only."""
-        run_id = secrets.token_hex(8)
-        run_dir = self.root / "runs" / run_id
+        (owning the venv when `writable_env`), a size-capped workspace holding /tmp (or the
+        `session`'s workspace and a capped /tmp; `daemon`: the session's own sandbox, which
+        gets its control directory until `seal_control_dir`), rlimits, cgroups. Unisolated:
+        rlimits and cgroups only. Returns `wrap(limits, proc, members, lease=, run_dir=,
+        run_lock=, proxy=)` (a ProcessRun by default)."""
+        run_id, run_dir, run_lock = _new_run_dir(self.root / "runs")
         cgroups = self.cgroups(run_id) if self.cgroups is not None else None
-        lease = UidLease(self.uid_base) if isolated else None
-        run_lock = None
+        lease = None
         program = None  # the seccomp filter's fd, for bwrap
         proxy = None
         try:
+            lease = UidLease(self.uid_base) if isolated else None
             workspace = run_dir / "workspace"
-            workspace.mkdir(parents=True)
-            run_dir.chmod(0o755)
-            run_lock = hold_lock(run_dir / "lock")
             if lease is not None:
                 os.chown(workspace, lease.uid, lease.uid)
-                if writable_env:
+                if writable_env and venv is not None:
                     _chown_tree(venv, lease.uid)
+                if daemon and session is not None:
+                    give_control_dir(session.control_dir, lease.uid)
             _write_identity(run_dir, lease.uid if lease else os.getuid())
             if cgroups is not None:
                 cgroups.create(limits, helpers=2 if isolated else 0)
@@ -641,6 +823,8 @@ class ProcessBackend(Backend):
                 python_prefix=self.python_prefix,
                 system_links=system_links() if isolated else (),
                 cpu_runs=cpu_runs,
+                session=session,
+                daemon=daemon,
             )
             proc = SPAWNER.popen(
                 command.argv(),
@@ -659,8 +843,7 @@ class ProcessBackend(Backend):
             if cgroups is not None:
                 cgroups.remove()
             shutil.rmtree(run_dir, ignore_errors=True)
-            if run_lock is not None:
-                os.close(run_lock)
+            os.close(run_lock)
             if lease is not None:
                 lease.release()
             raise
@@ -670,7 +853,7 @@ class ProcessBackend(Backend):
         members = Members(cgroups, lease.uid if lease else None)
         if cgroups is None and lease is None:
             members.pgid = proc.pid
-        return ProcessRun(
+        return wrap(
             limits, proc, members, lease=lease, run_dir=run_dir, run_lock=run_lock, proxy=proxy
         )
 
@@ -690,6 +873,56 @@ def _feed(proc: subprocess.Popen, request: bytes, *, close: bool = True) -> None
             proc.stdin.flush()
     except (BrokenPipeError, OSError, ValueError):
         pass
+
+
+def _new_run_dir(runs: Path) -> tuple[str, Path, int]:
+    """(id, directory, fd holding its lock) of a new run directory under `runs`, holding an
+    empty `workspace`. A sweep (of this or another process) deletes the directories whose lock
+    nobody holds: one that takes this lock between its creation and our flock has deleted
+    the directory by the time we get the lock, so a fresh one is made then."""
+    while True:
+        run_id = secrets.token_hex(8)
+        run_dir = runs / run_id
+        (run_dir / "workspace").mkdir(parents=True)
+        run_dir.chmod(0o755)
+        try:
+            fd = hold_lock(run_dir / "lock")
+        except FileNotFoundError:
+            continue  # swept as the lock file was being made
+        try:
+            if os.stat(run_dir / "lock").st_ino == os.fstat(fd).st_ino:
+                return run_id, run_dir, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the lock of a directory a sweep has deleted meanwhile
+
+
+def _free(
+    proc: subprocess.Popen,
+    members: Members,
+    proxy: EgressProxy | None,
+    run_dir: Path,
+    run_lock: int,
+    lease: UidLease | None,
+) -> None:
+    """Release what a sandbox held once its processes are gone: its pipes, egress proxy,
+    cgroups, run directory, lock and uid."""
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass
+    if proxy is not None:
+        proxy.close()
+    try:
+        if members.cgroups is not None:
+            members.cgroups.remove()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    finally:
+        os.close(run_lock)
+        if lease is not None:
+            lease.release()
 
 
 def _write_identity(run_dir: Path, uid: int) -> None:

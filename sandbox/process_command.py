@@ -5,6 +5,12 @@ egress, the seccomp filter's fd and the cgroup files to join into the launcher's
 environment: `sh` (joins the cgroups) → `bwrap` (namespaces, binds, tmpfs, seccomp,
 --clearenv) → `prlimit` → `setpriv` (the run's uid) → the program, behind `netbridge.py`
 when the sandbox has the egress proxy. Unisolated, `env -i` replaces bwrap and setpriv.
+
+A sandbox of a session (`session`) has the session's workspace bound read-write at
+/workspace instead of the tmpfs, /tmp a tmpfs of its own, and the control directory at
+/aimos/session: read-only for a task run, read-write for the session's own sandbox
+(`daemon`), which also gets the daemon's source and has no CPU-seconds limit (it has no
+timeout).
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox.base import Limits
+from sandbox.base import Limits, SessionMount
 from sandbox.confinement import MB
 from sandbox.egress import PROXY_PORT, SOCKET_NAME, proxy_environment
 from sandbox.protocol import RUNNER_PATH
+from sandbox.session import AGENT_IN_SANDBOX, AGENT_PATH, CONTROL_IN_SANDBOX
 
 NETBRIDGE_PATH = Path(__file__).with_name("netbridge.py")
 WORKSPACE = "/workspace"
@@ -75,17 +82,21 @@ def cpu_seconds(limits: Limits) -> tuple[int, int]:
     return soft, soft + 2
 
 
-def prlimit_args(prlimit: str, limits: Limits, *, per_uid: bool, cpu_runs: int = 1) -> list[str]:
+def prlimit_args(
+    prlimit: str, limits: Limits, *, per_uid: bool, cpu_runs: int | None = 1
+) -> list[str]:
     """rlimits of every process of the run. RLIMIT_NPROC counts per real uid, so it is set
     only when the run has a uid of its own. The hard CPU limit covers `cpu_runs` runs (a
-    reusable sandbox's runner moves the soft one for each run)."""
+    reusable sandbox's runner moves the soft one for each run); None: no CPU-seconds limit
+    (a session's sandbox, which has no timeout; its CPU share is the cgroup's)."""
     soft, hard = cpu_seconds(limits)
+    cpu = "unlimited" if cpu_runs is None else f"{soft}:{hard * cpu_runs}"
     args = [
         prlimit,
         f"--data={limits.memory_mb * MB}",
         f"--fsize={limits.max_file_mb * MB}",
         f"--nofile={limits.max_open_files}",
-        f"--cpu={soft}:{hard * cpu_runs}",
+        f"--cpu={cpu}",
         "--core=0",
     ]
     if per_uid:
@@ -98,19 +109,22 @@ class SandboxCommand:
     """How one sandboxed program is started; `argv()` and `launcher_env()` are what to spawn.
 
     `tools`: absolute paths of sh, env, prlimit, setpriv, bwrap. `program`: the argv inside
-    the sandbox. `uid`: the run's own uid (None: the worker's). `egress`: the sandbox has the
-    egress proxy's socket at /aimos/net (isolated only). `seccomp_fd`: the filter's BPF
-    program, inherited by bwrap (required when isolated). `cgroup_procs`: the cgroup.procs
-    files the launcher joins before anything else runs (None: no cgroups). `system_links`:
-    from `system_links()`. `cpu_runs`: how many runs the hard CPU limit covers (a reusable
-    sandbox's).
+    the sandbox. `venv`, `code`: the version's, at /env and /code (None: a session without
+    a version has neither). `uid`: the run's own uid (None: the worker's). `egress`: the
+    sandbox has the egress proxy's socket at /aimos/net (isolated only). `seccomp_fd`: the
+    filter's BPF program, inherited by bwrap (required when isolated). `cgroup_procs`: the
+    cgroup.procs files the launcher joins before anything else runs (None: no cgroups).
+    `system_links`: from `system_links()`. `cpu_runs`: how many runs the hard CPU limit
+    covers (a reusable sandbox's; None: no limit). `session`: the session whose workspace
+    and control directory the sandbox gets (isolated only); `daemon`: it is the session's own
+    sandbox, running its daemon.
     """
 
     tools: Mapping[str, str]
     program: tuple[str, ...]
     limits: Limits
-    venv: Path
-    code: Path
+    venv: Path | None
+    code: Path | None
     run_dir: Path
     isolated: bool = True
     uid: int | None = None
@@ -120,7 +134,15 @@ class SandboxCommand:
     cgroup_procs: tuple[str, ...] | None = None
     python_prefix: Path = Path("/usr")
     system_links: tuple[str, ...] = ()
-    cpu_runs: int = 1
+    cpu_runs: int | None = 1
+    session: SessionMount | None = None
+    daemon: bool = False
+
+    def __post_init__(self) -> None:
+        if self.session is not None and not self.isolated:
+            raise ValueError("a session's sandbox is always isolated")
+        if self.daemon and self.session is None:
+            raise ValueError("the daemon's sandbox needs its session")
 
     @property
     def workspace(self) -> Path:
@@ -133,8 +155,13 @@ class SandboxCommand:
 
     def variables(self) -> dict[str, str]:
         """The whole environment of the program (nothing of the worker's)."""
+        path = "/usr/local/bin:/usr/bin:/bin"
+        if self.venv is not None:
+            path = f"{'/env' if self.isolated else self.venv}/bin:{path}"
+        elif self.session is not None:
+            path = f"{self.python_prefix}/bin:{path}"  # the daemon's own Python first
         variables = {
-            "PATH": f"{'/env' if self.isolated else self.venv}/bin:/usr/local/bin:/usr/bin:/bin",
+            "PATH": path,
             "HOME": WORKSPACE if self.isolated else str(self.workspace),
             "TMPDIR": "/tmp" if self.isolated else str(self.workspace),
             "LANG": "C.UTF-8",
@@ -181,7 +208,7 @@ class SandboxCommand:
         return env
 
     def cwd(self) -> Path:
-        return self.run_dir if self.isolated else self.code
+        return self.run_dir if self.isolated or self.code is None else self.code
 
     def _bwrap(self, variables: dict[str, str]) -> list[str]:
         if self.seccomp_fd is None:
@@ -202,21 +229,33 @@ class SandboxCommand:
             for parent in reversed(prefix.parents[:-1]):
                 args += ["--perms", "0755", "--dir", str(parent)]
             args += ["--ro-bind", str(prefix), str(prefix)]
-        args += ["--bind" if self.writable_env else "--ro-bind", str(self.venv), "/env"]
-        args += ["--ro-bind", str(self.code), "/code"]
+        if self.venv is not None:
+            args += ["--bind" if self.writable_env else "--ro-bind", str(self.venv), "/env"]
+        if self.code is not None:
+            args += ["--ro-bind", str(self.code), "/code"]
         args += ["--perms", "0755", "--dir", "/aimos"]
         args += ["--ro-bind", str(RUNNER_PATH), "/aimos/runner.py"]
         if self.bridged:
             args += ["--ro-bind", str(NETBRIDGE_PATH), "/aimos/netbridge.py"]
             args += ["--ro-bind", str(run_dir / "net"), "/aimos/net"]
         args += ["--proc", "/proc", "--dev", "/dev"]
-        # One filesystem, capped, for everything a run writes: the workspace, and /tmp in it.
-        workspace_bytes = str(self.limits.workspace_mb * MB)
-        args += ["--perms", "1777", "--size", workspace_bytes, "--tmpfs", WORKSPACE]
-        args += ["--perms", "1777", "--dir", TMP, "--symlink", TMP, "/tmp"]
+        tmp_bytes = str(self.limits.workspace_mb * MB)
+        if self.session is None:
+            # One filesystem, capped, for everything a run writes: the workspace, and /tmp in it.
+            args += ["--perms", "1777", "--size", tmp_bytes, "--tmpfs", WORKSPACE]
+            args += ["--perms", "1777", "--dir", TMP, "--symlink", TMP, "/tmp"]
+        else:
+            # The session's disk (capped by its own size), and /tmp capped apart.
+            args += ["--bind", str(self.session.workspace), WORKSPACE]
+            args += ["--perms", "1777", "--size", tmp_bytes, "--tmpfs", "/tmp"]
+            control = "--bind" if self.daemon else "--ro-bind"
+            args += [control, str(self.session.control_dir), CONTROL_IN_SANDBOX]
+            if self.daemon:
+                args += ["--ro-bind", str(AGENT_PATH), AGENT_IN_SANDBOX]
         shm_mb = min(SHM_MB, self.limits.workspace_mb)
         args += ["--perms", "1777", "--size", str(shm_mb * MB), "--tmpfs", "/dev/shm"]
-        args += ["--remount-ro", "/", "--chdir", "/code", "--clearenv"]
+        chdir = WORKSPACE if self.daemon or self.code is None else "/code"
+        args += ["--remount-ro", "/", "--chdir", chdir, "--clearenv"]
         for name, value in variables.items():
             args += ["--setenv", name, value]
         return args

@@ -98,6 +98,8 @@ GREP_DEFAULTS = {
     "max_file_bytes": (8 * MiB, 1, 64 * MiB),
 }
 
+BASE64 = re.compile("[A-Za-z0-9+/]*={0,2}")
+
 DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 LISTABLE_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -308,11 +310,6 @@ class Tree:
         finally:
             os.close(fd)
 
-    def real_dir(self, parts: list[str]) -> str:
-        """The host path of directory `parts`, checked component by component (for a cwd)."""
-        os.close(self.open_dir(parts))
-        return os.path.join(self.root, *parts)
-
 
 def open_regular(dir_fd: int, name: str, path: str) -> tuple[int, os.stat_result]:
     """Opens `name` under `dir_fd` for reading when it is a regular file (checked before and,
@@ -478,6 +475,13 @@ def compile_pattern(params: dict) -> re.Pattern:
         raise OpError("invalid_pattern", f"invalid pattern {params['pattern']!r}: {exc}") from None
 
 
+def grep_result(timed_out: bool = False) -> dict:
+    """An empty grep result (every field a grep answers)."""
+    result = {"matches": [], "truncated": False, "timed_out": timed_out, "files_searched": 0}
+    result.update(binary_skipped=0, large_skipped=0)
+    return result
+
+
 def grep(tree: Tree, params: dict) -> dict:
     """Searches text files under params["path"] line by line; stops at max_matches, at
     max_seconds (checked between lines) and at the reply budget."""
@@ -485,8 +489,7 @@ def grep(tree: Tree, params: dict) -> dict:
     base = split_path(params["path"])
     deadline = time.monotonic() + params["max_seconds"]
     matches_glob = glob_matcher(params["glob"]) if params["glob"] else None
-    result = {"matches": [], "truncated": False, "timed_out": False, "files_searched": 0}
-    result.update(binary_skipped=0, large_skipped=0)
+    result = grep_result()
     budget = Budget()
 
     def search(dir_fd: int, name: str, path: str) -> bool:
@@ -611,11 +614,12 @@ class Groups:
     def reap(self, proc: subprocess.Popen) -> int:
         """Waits for the leader to exit, kills what is left of its group, then reaps the
         leader and forgets the group. Returns the leader's exit code (negative: signal)."""
-        try:
-            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-        except ChildProcessError:
-            pass
-        self.kill(proc)
+        if proc.returncode is None:  # reaped already (communicate() does): its pid is free
+            try:
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:
+                pass
+            self.kill(proc)
         with self.lock:
             code = proc.wait()
             self.live.discard(proc.pid)
@@ -838,8 +842,13 @@ class Connection:
             if not data:
                 raise ClientGone()
             buf += data
+        # A write's request is up to 4/3 of max_file_bytes: decoded then parsed without a
+        # copy more than needed (the sandbox's data limit is its memory limit).
+        del buf[end:]
         try:
-            request = json.loads(bytes(buf[:end]))
+            text = buf.decode()
+            del buf
+            request = json.loads(text)
         except (ValueError, RecursionError):
             raise OpError("invalid_request", "the request is not a line of JSON") from None
         if not isinstance(request, dict) or not isinstance(request.get("op"), str):
@@ -1011,10 +1020,14 @@ class Daemon:
     def op_write(self, req: dict) -> dict:
         parts = split_path(get_str(req, "path"))
         path = join(parts)
+        encoded = get_str(req, "data", max_chars=2**62)
+        if not BASE64.fullmatch(encoded):  # as b64decode(validate=True), without its copy
+            raise OpError("invalid_request", "'data' is not valid base64")
         try:
-            data = base64.b64decode(get_str(req, "data", max_chars=2**62), validate=True)
+            data = binascii.a2b_base64(encoded)
         except binascii.Error:
             raise OpError("invalid_request", "'data' is not valid base64") from None
+        del encoded, req["data"]  # only the decoded bytes stay
         if len(data) > self.max_file_bytes:
             raise OpError(
                 "too_large", f"{path}: {len(data)} bytes is over the {self.max_file_bytes} allowed"
@@ -1101,7 +1114,7 @@ class Daemon:
         except subprocess.TimeoutExpired:  # stuck in one regular expression match
             self.groups.kill(proc)
             proc.communicate()
-            return {"matches": [], "truncated": False, "timed_out": True, "files_searched": 0}
+            return grep_result(timed_out=True)
         finally:
             self.groups.reap(proc)
         try:
@@ -1122,26 +1135,32 @@ class Daemon:
 
     # commands
 
-    def command_args(self, req: dict) -> tuple[str, str]:
+    def command_args(self, req: dict) -> tuple[str, int]:
+        """The command and an fd of its cwd (the caller closes it): the child changes to
+        /proc/self/fd/<fd>, the very directory checked, even if a link was swapped in for
+        its path since."""
         command = get_str(req, "command", max_chars=MAX_COMMAND_CHARS)
         if not command.strip() or "\0" in command:
             raise OpError("invalid_request", "'command' must be a non-empty string without NUL")
-        return command, self.tree.real_dir(split_path(get_str(req, "cwd", "")))
+        return command, self.tree.open_dir(split_path(get_str(req, "cwd", "")))
 
     def op_exec(self, req: dict, conn: Connection) -> dict:
         stream = get_bool(req, "stream", False)
         timeout = get_number(req, "timeout", 30.0, 0.01, MAX_EXEC_SECONDS)
         cap = MAX_STREAM_OUTPUT if stream else MAX_EXEC_OUTPUT
         max_output = get_number(req, "max_output_bytes", MiB, 0, cap, int)
-        command, cwd = self.command_args(req)
+        command, cwd_fd = self.command_args(req)
         output = Output(max_output, conn.send_chunk if stream else None)
-        proc = self.groups.spawn(
-            ["/bin/sh", "-c", command],
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        try:
+            proc = self.groups.spawn(
+                ["/bin/sh", "-c", command],
+                cwd=f"/proc/self/fd/{cwd_fd}",
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        finally:
+            os.close(cwd_fd)
         try:
             reaper = start_thread(self.groups.reap, proc)
         except OpError:
@@ -1205,14 +1224,18 @@ class Daemon:
     # background processes
 
     def op_proc_start(self, req: dict) -> dict:
-        command, cwd = self.command_args(req)
         name = get_opt_str(req, "name", max_chars=200)
-        os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
-        read_end, write_end = os.pipe()
+        command, cwd_fd = self.command_args(req)
+        try:
+            os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
+            read_end, write_end = os.pipe()
+        except BaseException:
+            os.close(cwd_fd)
+            raise
         try:
             popen = self.groups.spawn(
                 ["/bin/sh", "-c", command],
-                cwd=cwd,
+                cwd=f"/proc/self/fd/{cwd_fd}",
                 stdin=subprocess.DEVNULL,
                 stdout=write_end,
                 stderr=write_end,
@@ -1222,6 +1245,7 @@ class Daemon:
             raise
         finally:
             os.close(write_end)
+            os.close(cwd_fd)
         try:
             log = LogFile(self.log_dir, popen.pid)
         except OSError as exc:
@@ -1464,8 +1488,11 @@ class Listener:
         return st.st_dev, st.st_ino
 
     def close(self) -> None:
-        if self._identity() == self.identity:
-            os.unlink(self.path)
+        try:
+            if self._identity() == self.identity:
+                os.unlink(self.path)
+        except OSError:  # the host sealed the control directory: it deletes the socket
+            pass
         self.sock.close()
 
 

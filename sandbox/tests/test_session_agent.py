@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from sandbox import session_agent
 from sandbox.session_client import SessionClient, SessionOpError, SessionUnreachable
 
 AGENT = Path(__file__).resolve().parents[1] / "session_agent.py"
@@ -223,6 +224,17 @@ def test_a_file_size_limit_is_too_large_and_the_daemon_lives_on(agent, client):
     assert os.listdir(agent.root) == []  # no temporary file left
 
 
+def test_the_largest_file_is_written_within_the_sandboxs_data_limit(agent, client):
+    """The sandbox's RLIMIT_DATA is its memory (256 MiB by default) and a file may be
+    64 MiB (its request 85 MiB of base64): the daemon may hold it only twice or so."""
+    resource.prlimit(agent.proc.pid, resource.RLIMIT_DATA, (256 * MiB, 256 * MiB))
+
+    assert client.write("big.bin", b"x" * (64 * MiB))["size"] == 64 * MiB
+
+    assert (agent.root / "big.bin").stat().st_size == 64 * MiB
+    assert client.ping() == {}
+
+
 def test_list_is_sorted_and_typed_without_following_links(client, agent, outside):
     (agent.root / "b.txt").write_bytes(b"12345")
     (agent.root / "a_dir").mkdir()
@@ -392,6 +404,35 @@ def test_racing_swaps_never_reach_outside(client, agent, outside):
     assert outcomes <= {b"inside\n", "symlink", "not_found", "not_a_directory"}
 
 
+def test_a_command_runs_in_the_directory_checked_though_a_link_replaced_it(
+    tmp_path, outside, monkeypatch
+):
+    """The cwd is checked (no link on the way), then the shell starts: a link swapped in for
+    its path meanwhile is not followed. The daemon runs in this process, so the swap is made
+    right before the spawn."""
+    root = tmp_path / "ws"
+    (root / "d").mkdir(parents=True)
+    argv = ["--socket", str(tmp_path / "unused.sock"), "--root", str(root)]
+    daemon = session_agent.Daemon(session_agent.parse_args(argv))
+    spawn = daemon.groups.spawn
+
+    def swap_then_spawn(command, **popen_args):
+        (root / "d").rename(root / "moved")
+        (root / "d").symlink_to(outside)
+        return spawn(command, **popen_args)
+
+    monkeypatch.setattr(daemon.groups, "spawn", swap_then_spawn)
+    ours, theirs = socket.socketpair()
+    try:
+        ran = daemon.op_exec({"command": "ls; pwd", "cwd": "d"}, session_agent.Connection(ours))
+    finally:
+        ours.close()
+        theirs.close()
+        os.close(daemon.tree.root_fd)
+
+    assert ran["stdout"] == f"{root}/moved\n"
+
+
 def test_a_fifo_is_not_a_file_and_never_blocks(agent, tmp_path):
     impatient = SessionClient(str(agent.socket), timeout=5)
     os.mkfifo(agent.root / "pipe")
@@ -544,6 +585,21 @@ def test_grep_with_a_runaway_pattern_ends_at_its_time_limit(client, agent):
     assert all(wait_gone(pid) for pid in grep_workers(agent.root))
 
 
+def test_a_grep_killed_at_its_time_limit_answers_every_field(client, agent):
+    (agent.root / "evil.txt").write_bytes(b"a" * 40 + b"!\n")
+
+    found = client.grep("(a+)+$", max_seconds=0.01)
+
+    assert found == {
+        "matches": [],
+        "truncated": False,
+        "timed_out": True,
+        "files_searched": 0,
+        "binary_skipped": 0,
+        "large_skipped": 0,
+    }
+
+
 def grep_workers(root: Path) -> list[int]:
     """Processes whose command line is a grep worker of the workspace `root`."""
     found = []
@@ -693,6 +749,21 @@ def test_process_logs_are_capped(client, agent):
 def test_unknown_processes_are_not_found(client):
     refused("no_such_process", client.proc_stop, 999_999)
     refused("no_such_process", client.proc_logs, 999_999)
+
+
+def test_a_leader_reaped_already_never_has_its_group_killed(monkeypatch):
+    """communicate() reaps grep's worker before Groups.reap: its pid is free from then on,
+    maybe another group's, and must not be killed."""
+    groups = session_agent.Groups(limit=1)
+    proc = groups.spawn(["true"])
+    proc.wait()
+    killed = []
+    monkeypatch.setattr(session_agent.os, "killpg", lambda pgid, signum: killed.append(pgid))
+
+    assert groups.reap(proc) == 0
+
+    assert killed == []
+    assert groups.live == set()
 
 
 def test_too_many_processes_is_busy(start_agent):
@@ -908,3 +979,93 @@ def test_a_dead_daemon_is_unreachable(tmp_path):
     agent.stop()
     with pytest.raises(SessionUnreachable):
         agent.client.ping()
+
+
+def test_a_socket_that_is_a_link_is_never_followed(tmp_path):
+    """The daemon's side can put a link where its socket was: to another session's daemon,
+    say. The web process (root) must not connect through it."""
+    other = tmp_path / "other.sock"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(other))
+        listener.listen(1)
+        listener.setblocking(False)
+        (tmp_path / "agent.sock").symlink_to(other)
+
+        with pytest.raises(SessionUnreachable, match="not a socket"):
+            SessionClient(str(tmp_path / "agent.sock"), timeout=5).ping()
+
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+
+
+def test_a_line_of_too_many_values_is_refused_without_eating_memory(tmp_path):
+    """16 MiB of `[],` would parse into 5 million lists (~400 MiB)."""
+    path = tmp_path / "fake.sock"
+    line = b'{"ok": true, "entries": [' + b"[]," * 5_000_000 + b'[]], "truncated": false}\n'
+    with fake_daemon(path, lambda conn: conn.sendall(line)):
+        tracemalloc.start()
+        try:
+            with pytest.raises(SessionUnreachable, match="values"):
+                SessionClient(str(path), timeout=WAIT).list()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 64 * MiB
+
+
+def test_output_full_of_json_punctuation_is_not_mistaken_for_values(client):
+    """The values of a line are counted outside its strings: 1 MB of `,[{:` is one string."""
+    done = client.exec("yes ',[{:' | head -c 1000000")
+
+    assert done["stdout"] == ",[{:\n" * 200_000
+
+
+WRONG_SHAPES = {
+    "a field missing": (lambda c: c.list(), b'{"ok": true}'),
+    "an item of the wrong type": (
+        lambda c: c.list(),
+        b'{"ok": true, "entries": [{"name": 1}], "truncated": false}',
+    ),
+    "a boolean for a number": (
+        lambda c: c.stat("f"),
+        b'{"ok": true, "name": "f", "path": "f", "type": "file", "size": true, "modified": "t"}',
+    ),
+    "a string for a number": (
+        lambda c: c.exec("x"),
+        b'{"ok": true, "exit_code": "0", "stdout": "", "stderr": "", "timed_out": false, '
+        b'"truncated": false}',
+    ),
+    "nested lists for strings": (
+        lambda c: c.glob("*"),
+        b'{"ok": true, "matches": [' + b"[" * 100 + b"]" * 100 + b'], "truncated": false}',
+    ),
+    "more bytes than asked": (
+        lambda c: c.read("f", length=2),
+        b'{"ok": true, "data": "eHh4eA==", "size": 4, "offset": 0, "length": 4, "eof": true}',
+    ),
+    "an encoded surrogate": (lambda c: c.ping(), b'{"ok": true, "x": "\xed\xa0\x80"}'),
+}
+
+
+@pytest.mark.parametrize(("call", "reply"), WRONG_SHAPES.values(), ids=WRONG_SHAPES.keys())
+def test_a_result_of_the_wrong_shape_is_unreachable(tmp_path, call, reply):
+    path = tmp_path / "fake.sock"
+    with fake_daemon(path, lambda conn: conn.sendall(reply + b"\n")):
+        with pytest.raises(SessionUnreachable, match="wrong shape|more data|not JSON"):
+            call(SessionClient(str(path), timeout=WAIT))
+
+
+def test_results_keep_only_their_fields_as_text_that_can_be_encoded(tmp_path):
+    path = tmp_path / "fake.sock"
+    entry = b'{"name": "\\udcff", "path": "\\udcff", "type": "file", "size": 1, "modified": "t"}'
+    reply = b'{"ok": true, "entries": [' + entry + b'], "truncated": false, "deep": [[[[]]]]}\n'
+    with fake_daemon(path, lambda conn: conn.sendall(reply)):
+        listed = SessionClient(str(path), timeout=WAIT).list()
+    other = tmp_path / "other.sock"
+    refusal = b'{"ok": false, "code": "not_found", "error": "\\ud800 is gone"}\n'
+    with fake_daemon(other, lambda conn: conn.sendall(refusal)):
+        message = refused("not_found", SessionClient(str(other), timeout=WAIT).ping)
+
+    assert set(listed) == {"entries", "truncated"}
+    assert listed["entries"][0]["name"] == "\ufffd"
+    assert message == "\ufffd is gone"
