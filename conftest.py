@@ -100,7 +100,9 @@ def _free_port() -> int:
 
 
 class LiveStack:
-    """The web server (daphne) and RQ workers as separate processes on the test database.
+    """The web server (daphne), RQ workers, the upkeep and a session host as separate
+    processes on the test database. Its sessions live under a folder of its own
+    (`AIMOS_SESSION_ROOT`), emptied when it stops.
 
     Tests that use it need `transactional_db` (rows must be committed to be seen)."""
 
@@ -135,6 +137,7 @@ class LiveStack:
         )
         self.workers = [self.start_worker(kind) for kind in self.WORKERS]
         self.upkeep = self._spawn("upkeep", [self.python, "manage.py", "upkeep"])
+        self.sessionhost = self.start_sessionhost()
         self._wait_until_up()
         self.subprocess = subprocess
 
@@ -156,6 +159,9 @@ class LiveStack:
         worker.kind = kind
         return worker
 
+    def start_sessionhost(self):
+        return self._spawn("sessionhost", [self.python, "manage.py", "sessionhost"])
+
     def _wait_until_up(self) -> None:
         import time
 
@@ -175,20 +181,39 @@ class LiveStack:
 
     def replace_dead_workers(self) -> None:
         self.workers = [w if w.poll() is None else self.start_worker(w.kind) for w in self.workers]
+        if self.sessionhost.poll() is not None:
+            self.sessionhost = self.start_sessionhost()
 
     def stop(self) -> None:
         import os
         import signal
 
-        for process in [self.web, self.upkeep, *self.workers]:
+        processes = [self.web, self.upkeep, self.sessionhost, *self.workers]
+        for process in processes:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
-        for process in [self.web, self.upkeep, *self.workers]:
+        for process in processes:
             try:
-                process.wait(timeout=15)
+                # The session host stops its sessions first: up to its STOP_SECONDS.
+                process.wait(timeout=40 if process is self.sessionhost else 15)
             except Exception:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        _remove_sessions(Path(self.env["AIMOS_SESSION_ROOT"]))
+
+
+def _remove_sessions(root: Path) -> None:
+    """Nothing is left of the stack's sessions: every workspace unmounted and deleted."""
+    import shutil
+
+    from sandbox.workspace_disk import WorkspaceDisk
+
+    for directory in root.iterdir() if root.exists() else []:
+        try:
+            WorkspaceDisk(directory, 0).remove()
+        except Exception as exc:  # noqa: BLE001 — said, and the rest is still removed
+            print(f"could not remove the workspace {directory}: {exc}")
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _database_url(settings_dict: dict) -> str:
@@ -242,6 +267,7 @@ WARM_REDIS_OFFSET = 12
 
 def _stack_env(redis_offset: int, **extra: str) -> dict:
     import os
+    import tempfile
 
     from django.conf import settings
     from django.db import connection
@@ -258,6 +284,11 @@ def _stack_env(redis_offset: int, **extra: str) -> dict:
         "CSRF_COOKIE_SECURE": "0",
         "AIMOS_VAR_DIR": str(settings.VAR_DIR),
         "AIMOS_SANDBOX": "process",
+        # The stack's own: made by its session host when it starts a session, removed when the
+        # stack stops.
+        "AIMOS_SESSION_ROOT": str(
+            Path(tempfile.gettempdir()) / f"aimos-sessions-{uuid.uuid4().hex[:12]}"
+        ),
         **extra,
     }
 
@@ -282,6 +313,7 @@ def _use_stack(stack: LiveStack, settings) -> LiveStack:
     settings.AIMOS_RUN_LEASE_SECONDS = int(LIVE_SETTINGS["AIMOS_RUN_LEASE_SECONDS"])
     settings.AIMOS_MAX_PAUSE_SECONDS = int(LIVE_SETTINGS["AIMOS_MAX_PAUSE_SECONDS"])
     settings.AIMOS_MAINTENANCE_INTERVAL = int(LIVE_SETTINGS["AIMOS_MAINTENANCE_INTERVAL"])
+    settings.AIMOS_SESSION_ROOT = Path(stack.env["AIMOS_SESSION_ROOT"])
     stack.replace_dead_workers()
     return stack
 

@@ -19,5 +19,6 @@ urlpatterns = [
     path("", include("agents.urls")),
     path("", include("executions.urls")),
     path("", include("notifications.urls")),
+    path("", include("workspaces.urls")),
     *compat.api_aliases,
 ]

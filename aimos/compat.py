@@ -3,6 +3,9 @@
 `api_aliases` are included with the canonical API, so they answer under /api/v1/ and
 /api/; the whole canonical API is also served under /api/ without `v1`. None of them is in
 the OpenAPI schema (see `aimos.schema.only_canonical_paths`).
+
+Crogia's sessions (`/api/sessions…`: files, search, shell, processes) need no alias here:
+its paths are the canonical ones (`workspaces.urls`) without `v1`, served by that mirror.
 """
 
 from django.urls import include, path

@@ -1,6 +1,6 @@
 """`make run`: Redis (embedded unless REDIS_URL is set), migrations, an admin, a word on what
-the sandbox lacks when it cannot run here, then the web server (daphne) and a pool of RQ
-workers. Ctrl-C stops every process it started.
+the sandbox lacks when it cannot run here, then the web server (daphne), the pools of RQ
+workers, the upkeep and the session host. Ctrl-C stops every process it started.
 """
 
 import os
@@ -14,7 +14,9 @@ from aimos import embedded_redis, sandbox_status
 from sandbox.base import Backend
 
 PYTHON = sys.executable
-RESTARTED = ("upkeep",)  # the others stop the platform when they exit
+# Started again when they exit (a session host's sessions end `failed` then, by the upkeep);
+# the others stop the platform when they exit.
+RESTARTED = ("upkeep", "sessionhost")
 GRACE_S = 15.0  # between SIGTERM and SIGKILL
 KILL_WAIT_S = 5.0
 
@@ -43,11 +45,13 @@ def main() -> int:
         "web": [PYTHON, "-m", "daphne", "-b", host, "-p", port, "aimos.asgi:application"],
         **worker_commands(settings.AIMOS_WORKERS, settings.AIMOS_RUN_WORKERS),
         "upkeep": [PYTHON, "manage.py", "upkeep"],
+        "sessionhost": [PYTHON, "manage.py", "sessionhost"],
     }
     children = {
         name: subprocess.Popen(cmd, start_new_session=True) for name, cmd in commands.items()
     }
     print(f"AIMOS on http://{host}:{port}/  (API docs /api/docs/, admin /admin/); Ctrl-C stops it.")
+    print(f"From a terminal: .venv/bin/aimos login --url http://{host}:{port}")
 
     stopping = False
 

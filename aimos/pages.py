@@ -2,7 +2,7 @@
 /admin/). The views are in each app's `views.py`; they change things only through the
 services the API calls."""
 
-from django.urls import path
+from django.urls import include, path
 
 from accounts import views as accounts
 from agents import views as agents
@@ -59,6 +59,8 @@ urlpatterns = [
         executions.checkpoint_fork,
         name="checkpoint-fork",
     ),
+    # Sessions: long-lived sandboxes with a workspace (`workspaces.page_urls`).
+    path("", include("workspaces.page_urls")),
     # Webhooks and their deliveries.
     path("webhooks/", notifications.webhook_list, name="webhook-list"),
     path("webhooks/<uuid:webhook_id>/", notifications.webhook_detail, name="webhook-detail"),

@@ -115,6 +115,7 @@ INSTALLED_APPS = [
     "notifications",
     "agents",
     "executions",
+    "workspaces",
 ]
 
 MIDDLEWARE = [
@@ -325,6 +326,7 @@ SPECTACULAR_SETTINGS = {
         "AgentStatusEnum": "agents.choices.AgentStatus",
         "VersionStatusEnum": "agents.choices.VersionStatus",
         "ExecutionStatusEnum": "executions.choices.ExecutionStatus",
+        "SessionStatusEnum": "workspaces.choices.SessionStatus",
     },
     "COMPONENT_SPLIT_REQUEST": True,
     "SWAGGER_UI_DIST": "SIDECAR",
@@ -429,6 +431,7 @@ AIMOS_MAINTENANCE_INTERVAL = env.integer("AIMOS_MAINTENANCE_INTERVAL", 30, minim
 # --- Executions -----------------------------------------------------------------------------------
 
 # A worker renews its lease on a run every few seconds; a run whose lease expired lost its worker.
+# The same for a session host and its sessions.
 AIMOS_RUN_LEASE_SECONDS = env.integer("AIMOS_RUN_LEASE_SECONDS", 15, minimum=3)
 # A run paused longer than this ends timed_out.
 AIMOS_MAX_PAUSE_SECONDS = env.integer("AIMOS_MAX_PAUSE_SECONDS", 3600, minimum=1)
@@ -439,6 +442,27 @@ AIMOS_SSE_HEARTBEAT_SECONDS = env.number("AIMOS_SSE_HEARTBEAT_SECONDS", 15.0, mi
 # Seconds between two `metrics_update` messages of the user feed (sent by the upkeep process,
 # so at most every AIMOS_MAINTENANCE_INTERVAL seconds as well).
 AIMOS_METRICS_INTERVAL = env.integer("AIMOS_METRICS_INTERVAL", 60, minimum=1)
+
+# --- Sessions (workspaces) -----------------------------------------------------------------------
+
+# Where sessions' workspaces (a disk image each, mounted while the session's sandbox runs) and
+# the sockets of their daemons live: on the machine of the session host (`manage.py
+# sessionhost`), where the web processes and the upkeep reach them too.
+AIMOS_SESSION_ROOT = Path(env.string("AIMOS_SESSION_ROOT", str(VAR_DIR / "sessions"))).resolve()
+# A session unused for this long is stopped (its workspace kept); each may ask for its own.
+AIMOS_SESSION_IDLE_SECONDS = env.integer("AIMOS_SESSION_IDLE_SECONDS", 1800, minimum=1)
+# The workspace of a session stopped for this long is deleted (the session's record stays).
+AIMOS_SESSION_RETENTION_HOURS = env.integer("AIMOS_SESSION_RETENTION_HOURS", 168, minimum=1)
+# Sessions one user may have starting or running at once (0: none).
+AIMOS_SESSION_MAX_ACTIVE_PER_USER = env.integer("AIMOS_SESSION_MAX_ACTIVE_PER_USER", 3, minimum=0)
+# A session's workspace size when it does not ask for one, and the most it may ask for (MB).
+AIMOS_SESSION_WORKSPACE_MB = env.integer("AIMOS_SESSION_WORKSPACE_MB", 256, minimum=16)
+AIMOS_SESSION_MAX_WORKSPACE_MB = env.integer("AIMOS_SESSION_MAX_WORKSPACE_MB", 1024, minimum=16)
+if AIMOS_SESSION_WORKSPACE_MB > AIMOS_SESSION_MAX_WORKSPACE_MB:
+    raise ImproperlyConfigured(
+        f"AIMOS_SESSION_WORKSPACE_MB ({AIMOS_SESSION_WORKSPACE_MB}) must not exceed "
+        f"AIMOS_SESSION_MAX_WORKSPACE_MB ({AIMOS_SESSION_MAX_WORKSPACE_MB})"
+    )
 
 # --- System: status, metrics samples, Prometheus ------------------------------------------------
 

@@ -3,7 +3,8 @@
 `manage.py upkeep` (a process of its own, started and restarted by the launcher) makes a pass
 every AIMOS_MAINTENANCE_INTERVAL seconds: runs whose worker died end `lost` (or are queued
 again), webhook deliveries whose job was lost are queued again, builds stuck `building`
-fail, host metrics are sampled and the feed's metrics sent.
+fail, sessions whose host stopped end `failed` and workspaces past their retention are
+deleted (`workspaces.recovery`), host metrics are sampled and the feed's metrics sent.
 A Redis key with a time to live lets one process of the whole platform make each pass,
 however many hosts run one; a worker dying changes nothing here. Sandboxes are a host's
 own, so each host's upkeep sweeps those of its dead workers at every pass.
@@ -28,6 +29,7 @@ from executions.models import IdempotencyKey
 from executions.recovery import sweep_lost_runs, sweep_sandboxes
 from notifications import feed
 from notifications.recovery import sweep_deliveries
+from workspaces.recovery import sweep_lost_sessions, sweep_workspaces
 
 logger = logging.getLogger("aimos.upkeep")
 
@@ -39,6 +41,8 @@ def upkeep_pass() -> dict:
     done = {"stale_builds": fail_stale_builds(), **sweep_lost_runs()}
     done["deliveries_requeued"] = sweep_deliveries()
     done["idempotency_keys_pruned"] = IdempotencyKey.prune()
+    done.update(sweep_lost_sessions())
+    done.update(sweep_workspaces())
     done["metrics_sample"] = sample_for_maintenance()
     done["metrics_update"] = feed.broadcast_metrics_if_due(current_metrics)
     return done

@@ -1,6 +1,10 @@
 """The event log of a run: written by `record_events` (numbered without gaps, published to the
 channel layer after commit) and read back by `RunStream`, the one reader behind both the SSE
 stream (`executions.streams`) and the run's WebSocket (`executions.consumers`).
+
+The events of a task of a session (`Execution.session`) also go, as they are, to the
+session's group (`session_group`), whose sockets (`workspaces.consumers`) turn them into the
+reference's task events.
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ def group_name(execution_id) -> str:
     return f"execution.{execution_id}"
 
 
+def session_group(session_id) -> str:
+    """The channel-layer group of one session (`workspaces.live`): its sockets' messages, and
+    the events of its task runs (message type `session.task_events`)."""
+    return f"session.{session_id}"
+
+
 def record_events(
     execution_id, items: list[tuple[str, dict]], *, attempt: int | None = None
 ) -> list[ExecutionEvent]:
@@ -41,7 +51,9 @@ def record_events(
     if not items:
         return []
     with transaction.atomic():
-        locked = Execution.objects.select_for_update().only("id", "user_id", "last_seq")
+        locked = Execution.objects.select_for_update().only(
+            "id", "user_id", "last_seq", "session_id"
+        )
         if attempt is not None:
             # Fenced: a worker whose attempt was superseded writes nothing.
             execution = locked.filter(pk=execution_id, attempt=attempt).first()
@@ -72,19 +84,27 @@ def record_events(
         Checkpoint.objects.bulk_create(checkpoints)
         ExecutionEvent.objects.bulk_create(rows)
         Execution.objects.filter(pk=execution.pk).update(last_seq=seq)
-        transaction.on_commit(lambda: publish(execution.pk, [row.as_message() for row in rows]))
+        session_id = execution.session_id
+        transaction.on_commit(
+            lambda: publish(execution.pk, [row.as_message() for row in rows], session_id=session_id)
+        )
     return rows
 
 
-def publish(execution_id, messages: list[dict]) -> None:
+def publish(execution_id, messages: list[dict], *, session_id=None) -> None:
     """Send events to the channel-layer group of the execution, as one message, in order with
-    the ones sent before (`core.live`: one sending thread per process, no loop per message).
+    the ones sent before (`core.live`: one sending thread per process, no loop per message);
+    a task's also to its session's group, as one more message.
 
     Not to the owner's group: the user feed carries lifecycle messages only, and every delta
     there would fill the buffers of feed sockets, which then drop messages.
     """
     if messages:
         send_soon(group_name(execution_id), {"type": "execution.events", "events": messages})
+        if session_id is not None:
+            send_soon(
+                session_group(session_id), {"type": "session.task_events", "events": messages}
+            )
 
 
 def events_after(execution: Execution, after: int = 0, limit: int | None = None):

@@ -175,6 +175,16 @@ class Execution(models.Model):
     source_checkpoint = models.ForeignKey(
         "Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="restored_runs"
     )
+    # A task of a session (`workspaces`): the run's /workspace is the session's. SET_NULL: a
+    # run is a record of its own (events, checkpoints, outcome) that outlives its session, and
+    # deleting a session is never blocked by the runs it had.
+    session = models.ForeignKey(
+        "workspaces.Session",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="tasks",
+    )
 
     status = models.CharField(
         max_length=16,

@@ -92,9 +92,11 @@ def start_execution(
     checkpoint: Checkpoint | None = None,
     state: Any = None,
     env: dict[str, str] | None = None,
+    session_id=None,
     enqueue: bool = True,
 ) -> Execution:
-    """Record a pending execution and queue it for a worker (after commit)."""
+    """Record a pending execution and queue it for a worker (after commit). With `session_id`
+    the run is a task of that session (`workspaces.tasks`): its /workspace is the session's."""
     chosen = runnable_version(agent, version)
     execution = Execution.objects.create(
         agent=agent,
@@ -107,6 +109,7 @@ def start_execution(
         initial_state=state,
         env=env or {},
         timeout_seconds=cap_timeout(chosen, timeout_seconds),
+        session_id=session_id,
     )
     if enqueue:
         transaction.on_commit(lambda: enqueue_run(execution.pk))
@@ -268,6 +271,8 @@ def _modification_error(fields, message: str) -> ServiceError:
 
 
 def _run_from(user, checkpoint: Checkpoint, modifications: dict, *, version) -> Execution:
+    """A run from the checkpoint; a task's checkpoint gives a task of the same session (its
+    workspace as it is now: a checkpoint holds the agent's state, not the session's files)."""
     source = checkpoint.execution
     env = {**source.env, **{k: str(v) for k, v in (modifications.get("env") or {}).items()}}
     with transaction.atomic():
@@ -281,6 +286,7 @@ def _run_from(user, checkpoint: Checkpoint, modifications: dict, *, version) -> 
             checkpoint=checkpoint,
             state=modifications.get("state", checkpoint.state),
             env=env,
+            session_id=source.session_id,
         )
 
 

@@ -11,6 +11,11 @@ resume) to the run's errand thread, which does it in order. Every process of the
 before a terminal status is written. The run's start (claim and `run_started`) is one
 transaction, and so is its end (its last events, its terminal status and terminal event).
 
+A task of a session (`Execution.session`) runs in a sandbox of its own whose /workspace is the
+session's workspace (`SessionMount`): always started cold, never from the warm pool nor a
+reused sandbox, and only while its session is active with its workspace mounted on this
+machine (else it ends `failed` saying why, before any sandbox starts).
+
 A database or Redis that goes away for a moment (a restart, a terminated connection) is
 ridden out (`core.transient`) for up to one lease: writes are tried again, controls wait in
 their list. A run whose lease cannot be renewed for that long is killed, since the lost-run
@@ -28,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import connections, transaction
 
 from agents.builds import environment_of
@@ -40,6 +46,7 @@ from executions.models import Execution
 from executions.outcomes import finish
 from executions.waits import announce
 from sandbox import get_backend, limits_for
+from sandbox.session import SessionMount
 from sandbox.warm import ReusePolicy
 
 logger = logging.getLogger(__name__)
@@ -65,6 +72,32 @@ def worker_name() -> str:
 
 def _direct(call):
     return call()
+
+
+# The status of a session (`workspaces.Session`) that takes tasks.
+SESSION_ACTIVE = "active"
+
+
+def task_workspace(execution: Execution) -> tuple[SessionMount | None, str]:
+    """For a task of a session: (the session's workspace and control directory on this
+    machine, "") while the session is active and its workspace is mounted here, else (None,
+    why not). A workspace that is not mounted is refused: the run would write to this host's
+    own disk, past the workspace's cap, under a folder the session never sees."""
+    session = execution.session
+    try:
+        if session is None:
+            raise ObjectDoesNotExist
+        session.refresh_from_db(fields=["status"])
+    except ObjectDoesNotExist:
+        return None, "The run's session was deleted"
+    if session.status != SESSION_ACTIVE:
+        return None, (
+            f"The session is {session.status}: a task runs only while its session is active "
+            "(start the session, then run the task again)"
+        )
+    if not os.path.ismount(session.workspace_dir):
+        return None, "The session's workspace is not mounted on this machine"
+    return SessionMount(workspace=session.workspace_dir, control_dir=session.control_dir), ""
 
 
 def reuse_of(execution: Execution) -> dict:
@@ -231,7 +264,7 @@ class Supervisor:
                 ):
                     return None
                 execution = Execution.objects.select_related(
-                    "agent", "version", "version__agent"
+                    "agent", "version", "version__agent", "session"
                 ).get(pk=self.execution_id)
                 data = {
                     "run_id": self.execution_id,
@@ -277,6 +310,21 @@ class Supervisor:
         execution = self.execution
         if self.ended_by is not None:  # lost, or the worker stops, before anything started
             return None
+        mount = None
+        if execution.session_id is not None:
+            mount, refusal = self._db(lambda: task_workspace(execution), "reading the session")
+            if mount is None:  # the user's to fix, not a platform failure: said as it is
+                self._db(
+                    lambda: finish(
+                        execution,
+                        ExecutionStatus.FAILED,
+                        reason=refusal,
+                        attempt=self.attempt,
+                        from_states=HELD,
+                    ),
+                    "recording the refused start",
+                )
+                return ExecutionStatus.FAILED
         # Marked before the sandbox starts: a run whose agent may have started is never queued
         # again, so no agent runs twice.
         if not self._db(
@@ -287,7 +335,7 @@ class Supervisor:
         if self.ended_by is not None:  # lost, or the worker stops, before it started
             return None
         try:
-            run = self._start(execution)
+            run = self._start(execution, mount)
         except Exception as exc:  # the sandbox could not start: not the agent's fault
             logger.exception("sandbox did not start for execution %s", execution.pk)
             reason = f"The sandbox could not start the run: {exc}"
@@ -321,7 +369,9 @@ class Supervisor:
             pass
         return self._record_outcome(execution, outcome, self.buffer.take())
 
-    def _start(self, execution: Execution):
+    def _start(self, execution: Execution, mount: SessionMount | None = None):
+        """Start the run's sandbox: from the warm pool when the host keeps one, cold in the
+        session's workspace for a task (`mount`)."""
         version = execution.version
         config = sandbox_config()
         backend = get_backend(version.sandbox_backend or None, config=config)
@@ -329,7 +379,9 @@ class Supervisor:
             version.manifest, timeout_seconds=execution.timeout_seconds, config=config
         )
         start = backend.start
-        if self.host.pool is not None:
+        if mount is not None:
+            start = partial(backend.start, workspace=mount)
+        elif self.host.pool is not None:
             start = partial(self.host.pool.take, backend, **reuse_of(execution))
         return start(
             environment_of(version),

@@ -46,7 +46,22 @@ sandbox (EAGAIN from fork or thread creation, EFBIG file too large, ENOSPC/EDQUO
 
 `ctx`: delta(text), tool_call(name, args) -> call_id, tool_result(name, result, call_id=None),
 log(message, level="info"), checkpoint(state, label=None), emit(type, data) (a type is 1 to
-64 of `A-Za-z0-9_.:-`; types of the platform refused), state (the restored state, or None).
+64 of `A-Za-z0-9_.:-`; types of the platform refused), state (the restored state, or None),
+workspace (a task run's session workspace, below).
+
+`ctx.workspace`, in a task run of a session (its sandbox has the session's workspace at
+/workspace and the session's control folder at /aimos/session; elsewhere reading the
+attribute raises RuntimeError saying so): read(path) -> str, read_bytes(path) -> bytes,
+write(path, text_or_bytes) (folders made; written to a temporary file then renamed over the
+target; sends a `file_changed` event {path, change: created | modified}), list(path=".") ->
+[{name, path, type, size, modified}], run(command, timeout=30) -> {exit_code, stdout, stderr,
+timed_out, truncated} (`/bin/sh -c` in the session's own sandbox, through its daemon's socket,
+one JSON line each way). Paths follow the daemon's rules (sandbox/session_agent.py): relative
+to the workspace root ("" or "." is the root), no NUL, no `..`, never absolute; resolved
+component by component from an fd of /workspace with O_NOFOLLOW, so a symbolic link is never
+followed (not even one swapped in meanwhile); only regular files are read or replaced.
+Refusals raise `ctx.workspace.Error` (`WorkspaceError`) with the daemon's `code`
+(invalid_path, symlink, not_found, not_a_file, not_a_directory, too_large, ...).
 
 Handlers: `handle(payload)` or `handle(payload, ctx)` (two positional parameters or
 *args), sync or `async def`, generator or async generator. A generator's yields become
@@ -85,6 +100,7 @@ import re  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
+import stat  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Awaitable  # noqa: E402
@@ -197,6 +213,350 @@ class LogPump:
         self.drained.set()
 
 
+# --- ctx.workspace: a session's workspace, for a task run (see the module's docstring) ---------
+
+WORKSPACE = "/workspace"
+SESSION_DIR = "/aimos/session"  # the session's control folder, bound only into task runs
+SESSION_SOCKET = SESSION_DIR + "/agent.sock"
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+MAX_LIST_ENTRIES = 10_000
+MAX_REPLY_BYTES = 16 * 1024 * 1024  # the longest reply line read from the daemon
+CONNECT_SECONDS = 10.0
+REPLY_SLACK_SECONDS = 10.0  # beyond a command's own timeout, for the daemon to answer
+DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+LISTABLE_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+NO_SESSION = (
+    "ctx.workspace is only available to a task run of a session (POST "
+    "/api/v1/sessions/{id}/tasks); this run has no session"
+)
+OS_ERROR_CODES = {
+    errno.ENOENT: "not_found",
+    errno.ENOTDIR: "not_a_directory",
+    errno.EEXIST: "exists",
+    errno.ELOOP: "symlink",
+    errno.EISDIR: "not_a_file",
+    errno.ENXIO: "not_a_file",
+    errno.ENOSPC: "too_large",
+    errno.EDQUOT: "too_large",
+    errno.EFBIG: "too_large",
+    errno.ENAMETOOLONG: "invalid_path",
+    errno.EACCES: "permission_denied",
+    errno.EPERM: "permission_denied",
+    errno.EROFS: "permission_denied",
+}
+
+
+class WorkspaceError(Exception):
+    """A refusal of `ctx.workspace`: `code` (the session daemon's codes) and `message`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _os_error(exc: OSError, path: str) -> WorkspaceError:
+    code = OS_ERROR_CODES.get(exc.errno, "error")
+    return WorkspaceError(code, f"{path or '.'}: {exc.strerror or exc}")
+
+
+def _split(path) -> list[str]:
+    """The components of a workspace path ("" and "." are the root), by the daemon's rules."""
+    if not isinstance(path, str):
+        raise TypeError(f"a workspace path is a str, not {type(path).__name__}")
+    if "\0" in path:
+        raise WorkspaceError("invalid_path", f"path {path!r} contains a NUL character")
+    if path.startswith("/"):
+        raise WorkspaceError(
+            "invalid_path", f"path {path!r} is absolute; give it relative to the workspace"
+        )
+    try:
+        size = len(os.fsencode(path))
+    except UnicodeEncodeError:
+        raise WorkspaceError("invalid_path", f"path {path!r} cannot be encoded") from None
+    if size > MAX_PATH_BYTES:
+        raise WorkspaceError("invalid_path", f"path is longer than {MAX_PATH_BYTES} bytes")
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise WorkspaceError("invalid_path", f"path {path!r} contains '..'")
+    if any(len(os.fsencode(part)) > MAX_NAME_BYTES for part in parts):
+        raise WorkspaceError("invalid_path", f"a name in {path!r} is longer than 255 bytes")
+    return parts
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "other"
+
+
+def _iso(timestamp: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()  # noqa: UP017
+
+
+class Workspace:
+    """The session's workspace as `ctx.workspace` (see the module's docstring). Every path is
+    walked from an fd of the workspace root, one component at a time with O_NOFOLLOW."""
+
+    Error = WorkspaceError
+
+    def __init__(
+        self, protocol: Protocol, root: str = WORKSPACE, socket_path: str = SESSION_SOCKET
+    ):
+        self._protocol = protocol
+        self._root = root
+        self._socket_path = socket_path
+
+    # paths
+
+    def _open_dir(self, parts: list[str], create: bool = False) -> int:
+        """An O_PATH fd of the directory `parts` (made, with its parents, when `create`)."""
+        fd = os.open(self._root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        for index, name in enumerate(parts):
+            where = "/".join(parts[: index + 1])
+            try:
+                next_fd = self._step(fd, name, where, create)
+            finally:
+                os.close(fd)
+            fd = next_fd
+        return fd
+
+    def _step(self, fd: int, name: str, where: str, create: bool) -> int:
+        try:
+            return os.open(name, DIR_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            if not create:
+                raise WorkspaceError("not_found", f"{where}: no such directory") from None
+        except OSError as exc:
+            raise self._not_a_directory(fd, name, where, exc) from None
+        try:
+            os.mkdir(name, 0o777, dir_fd=fd)
+        except FileExistsError:
+            pass  # made meanwhile: opened by the same rules
+        except OSError as exc:
+            raise _os_error(exc, where) from None
+        return self._step(fd, name, where, create=False)
+
+    @staticmethod
+    def _not_a_directory(fd: int, name: str, where: str, exc: OSError) -> WorkspaceError:
+        try:
+            found = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return _os_error(exc, where)
+        if stat.S_ISLNK(found.st_mode):
+            return WorkspaceError("symlink", f"{where}: is a symbolic link (never followed)")
+        if not stat.S_ISDIR(found.st_mode):
+            return WorkspaceError("not_a_directory", f"{where}: is not a directory")
+        return _os_error(exc, where)
+
+    def _parent(self, parts: list[str], create: bool = False) -> int:
+        if not parts:
+            raise WorkspaceError("invalid_path", "the workspace root itself is not a file")
+        return self._open_dir(parts[:-1], create=create)
+
+    # files
+
+    def read_bytes(self, path: str) -> bytes:
+        """The bytes of the regular file `path`."""
+        parts = _split(path)
+        where = "/".join(parts)
+        dir_fd = self._parent(parts)
+        try:
+            try:
+                found = os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
+                if stat.S_ISLNK(found.st_mode):
+                    raise WorkspaceError("symlink", f"{where}: is a symbolic link (never followed)")
+                if not stat.S_ISREG(found.st_mode):
+                    raise WorkspaceError("not_a_file", f"{where}: is not a regular file")
+                fd = os.open(parts[-1], FILE_FLAGS, dir_fd=dir_fd)
+            except OSError as exc:
+                raise _os_error(exc, where) from None
+        finally:
+            os.close(dir_fd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped in after the check
+                raise WorkspaceError("not_a_file", f"{where}: is not a regular file")
+            chunks = []
+            while chunk := os.read(fd, 1024 * 1024):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except OSError as exc:
+            raise _os_error(exc, where) from None
+        finally:
+            os.close(fd)
+
+    def read(self, path: str) -> str:
+        """The text of the regular file `path` (UTF-8; `read_bytes` for anything else)."""
+        data = self.read_bytes(path)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise WorkspaceError(
+                "not_text", f"{path}: is not UTF-8 text; read it with read_bytes"
+            ) from None
+
+    def write(self, path: str, data) -> dict:
+        """Write the whole file `path` (its folders made): to a temporary file beside it, then
+        renamed over it, keeping an existing file's permission bits. `{path, size}`."""
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            data = bytes(data)
+        else:
+            raise TypeError(f"write takes str or bytes, not {type(data).__name__}")
+        parts = _split(path)
+        where = "/".join(parts)
+        dir_fd = self._parent(parts, create=True)
+        try:
+            existed = self._replace(dir_fd, parts[-1], where, data)
+        finally:
+            os.close(dir_fd)
+        change = "modified" if existed else "created"
+        self._protocol.send("file_changed", {"path": where, "change": change})
+        return {"path": where, "size": len(data)}
+
+    @staticmethod
+    def _replace(dir_fd: int, name: str, where: str, data: bytes) -> bool:
+        """Whether a file was replaced (False: made)."""
+        mode = None
+        try:
+            found = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISLNK(found.st_mode):
+                raise WorkspaceError("symlink", f"{where}: is a symbolic link (never followed)")
+            if not stat.S_ISREG(found.st_mode):
+                raise WorkspaceError("not_a_file", f"{where}: is not a regular file")
+            mode = stat.S_IMODE(found.st_mode) & 0o777
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _os_error(exc, where) from None
+        temp = f".aimos-write-{os.urandom(8).hex()}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(temp, flags, 0o666, dir_fd=dir_fd)
+        except OSError as exc:
+            raise _os_error(exc, where) from None
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view[: 1024 * 1024]) :]
+                if mode is not None:
+                    os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+            os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as exc:
+            try:
+                os.unlink(temp, dir_fd=dir_fd)
+            except OSError:
+                pass
+            raise _os_error(exc, where) from None
+        return mode is not None
+
+    def list(self, path: str = ".") -> list[dict]:
+        """The entries of the folder `path`, sorted by name (at most 10,000): `{name, path,
+        type: file | directory | symlink | other, size, modified}`; links are not followed."""
+        parts = _split(path)
+        fd = self._open_dir(parts)
+        try:
+            listable = os.open(".", LISTABLE_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            raise _os_error(exc, "/".join(parts)) from None
+        finally:
+            os.close(fd)
+        entries = []
+        try:
+            for name in sorted(os.listdir(listable)):
+                try:
+                    found = os.stat(name, dir_fd=listable, follow_symlinks=False)
+                except OSError:
+                    continue  # deleted meanwhile
+                entries.append(
+                    {
+                        "name": name,
+                        "path": "/".join([*parts, name]),
+                        "type": _kind(found.st_mode),
+                        "size": found.st_size,
+                        "modified": _iso(found.st_mtime),
+                    }
+                )
+                if len(entries) >= MAX_LIST_ENTRIES:
+                    break
+        finally:
+            os.close(listable)
+        return entries
+
+    # commands
+
+    def run(self, command: str, timeout: float = 30) -> dict:
+        """Run `/bin/sh -c command` in the session's sandbox, in the workspace root; its whole
+        process group is killed at `timeout` seconds. `{exit_code, stdout, stderr, timed_out,
+        truncated}` (output past 1 MiB is discarded)."""
+        if not isinstance(command, str) or not command.strip():
+            raise TypeError("run takes a non-empty command string")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ValueError("timeout must be a positive number of seconds")
+        reply = self._ask(
+            {"op": "exec", "command": command, "timeout": timeout, "cwd": ""}, timeout
+        )
+        return {
+            "exit_code": reply.get("exit_code"),
+            "stdout": reply.get("stdout", ""),
+            "stderr": reply.get("stderr", ""),
+            "timed_out": bool(reply.get("timed_out")),
+            "truncated": bool(reply.get("truncated")),
+        }
+
+    def _ask(self, request: dict, seconds: float) -> dict:
+        """One request to the session's daemon and its one reply line (bounded in size and
+        time); a refusal raises WorkspaceError with its code."""
+        import socket
+
+        deadline = time.monotonic() + seconds + REPLY_SLACK_SECONDS
+        unreachable = "the session's daemon is not answering (is the session still active?)"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            try:
+                sock.settimeout(CONNECT_SECONDS)
+                sock.connect(self._socket_path)
+                sock.sendall(json.dumps(request).encode() + b"\n")
+            except OSError as exc:
+                raise WorkspaceError("session_unreachable", f"{unreachable}: {exc}") from None
+            buffer = bytearray()
+            while b"\n" not in buffer:
+                left = deadline - time.monotonic()
+                if left <= 0 or len(buffer) > MAX_REPLY_BYTES:
+                    raise WorkspaceError("session_unreachable", unreachable)
+                sock.settimeout(left)
+                try:
+                    chunk = sock.recv(1024 * 1024)
+                except OSError as exc:
+                    raise WorkspaceError("session_unreachable", f"{unreachable}: {exc}") from None
+                if not chunk:
+                    raise WorkspaceError("session_unreachable", unreachable)
+                buffer += chunk
+        finally:
+            sock.close()
+        try:
+            reply = json.loads(bytes(buffer[: buffer.index(b"\n")]))
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+            raise WorkspaceError("session_unreachable", "the session's daemon answered nonsense")
+        if not reply["ok"]:
+            raise WorkspaceError(str(reply.get("code") or "error"), str(reply.get("error") or ""))
+        return reply
+
+
 class Context:
     """The agent SDK (`ctx`): every method sends one event; values must be JSON-serialisable."""
 
@@ -204,7 +564,17 @@ class Context:
         self._protocol = protocol
         self._calls = 0
         self._open_calls: dict[str, list[str]] = {}
+        self._workspace: Workspace | None = None
         self.state = state
+
+    @property
+    def workspace(self) -> Workspace:
+        """The session's workspace, in a task run of a session; RuntimeError elsewhere."""
+        if self._workspace is None:
+            if not os.path.isdir(SESSION_DIR):
+                raise RuntimeError(NO_SESSION)
+            self._workspace = Workspace(self._protocol)
+        return self._workspace
 
     def delta(self, text: str) -> None:
         """Stream a piece of text (`content_delta`)."""

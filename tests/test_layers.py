@@ -5,6 +5,7 @@ to dodge a cycle is still a cycle). Tests and migrations are left out: tests may
 app's helpers. Read with the standard library's `ast`; nothing is imported.
 
     aimos          the project: settings, URLs, system status, upkeep; may import every layer
+    workspaces     sessions: long-lived sandboxes with a workspace, and their tasks
     executions     runs, their events, control, batches
     agents         agents, versions, builds
     notifications  the user feed and webhooks, told by the apps above
@@ -29,7 +30,8 @@ ALLOWED = {
     "notifications": {"core", "accounts", "sandbox"},
     "agents": {"core", "accounts", "notifications", "sandbox"},
     "executions": {"core", "accounts", "notifications", "agents", "sandbox"},
-    "aimos": {"core", "accounts", "notifications", "agents", "executions", "sandbox"},
+    "workspaces": {"core", "accounts", "notifications", "agents", "executions", "sandbox"},
+    "aimos": {"core", "accounts", "notifications", "agents", "executions", "workspaces", "sandbox"},
 }
 DJANGO = ("django", "rest_framework", "channels", "django_rq", "drf_spectacular", "daphne")
 

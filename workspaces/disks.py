@@ -1,0 +1,33 @@
+"""Sessions' workspaces on this machine: `<AIMOS_SESSION_ROOT>/<id>/`, a disk image of the
+session's own size mounted at `workspace/` while its sandbox runs
+(`sandbox.workspace_disk.WorkspaceDisk`)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from django.conf import settings
+
+from sandbox.workspace_disk import WorkspaceDisk
+
+
+def directory_of(session_id) -> Path:
+    return Path(settings.AIMOS_SESSION_ROOT) / str(session_id)
+
+
+def disk_of(session_id, workspace_mb: int = 0) -> WorkspaceDisk:
+    """The session's disk (`workspace_mb`: its size, needed only to make it)."""
+    return WorkspaceDisk(directory_of(session_id), workspace_mb)
+
+
+def unmount(session_id) -> None:
+    disk = disk_of(session_id)
+    if disk.mounted():
+        disk.unmount()
+
+
+def remove_workspace(session_id) -> None:
+    """Nothing of the session's workspace is left: unmounted, its image and folder deleted."""
+    disk_of(session_id).remove()
+    shutil.rmtree(directory_of(session_id), ignore_errors=True)

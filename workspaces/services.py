@@ -1,0 +1,197 @@
+"""Use cases of sessions: access, create (within the caps), start, stop and delete — called by
+the API and the admin alike. A session's sandbox is started and stopped by a session host
+(`workspaces.host`), told through `workspaces.commands`; these functions record the wish,
+tell the host once it is committed and wait (bounded) for the host to have done it.
+
+What is done inside a running session (files, search, shell, processes) is in
+`workspaces.operations`.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from agents.models import Agent
+from core.errors import Conflict, NotFound, ServiceError
+from core.sandbox_settings import sandbox_config
+from executions.services import runnable_version
+from sandbox import limits_for
+from workspaces import commands
+from workspaces.choices import SessionStatus
+from workspaces.models import Session
+from workspaces.waits import announce, wait_until
+
+# The smallest workspace (an ext4 filesystem needs a few megabytes for itself).
+MIN_WORKSPACE_MB = 16
+# The longest idle timeout a session may ask for.
+MAX_IDLE_TIMEOUT_SECONDS = 7 * 24 * 3600
+# How long a request waits for a session host to have started, stopped or deleted a session
+# (below the 30 s many HTTP clients give a request).
+WAIT_SECONDS = 20.0
+
+
+# --- Access ------------------------------------------------------------------------------------
+
+
+def access_session(user, session_id) -> Session:
+    """The session `user` may see, else NotFound (another user's session does not exist for
+    them, nor does one being deleted)."""
+    try:
+        return (
+            Session.objects.for_user(user)
+            .visible()
+            .select_related("agent", "version")
+            .get(pk=session_id)
+        )
+    except (Session.DoesNotExist, ValidationError, ValueError):
+        raise NotFound("Session not found") from None
+
+
+# --- Create and start --------------------------------------------------------------------------
+
+
+def create_session(
+    user,
+    *,
+    agent: Agent | None = None,
+    workspace_mb: int | None = None,
+    idle_timeout_seconds: int | None = None,
+    network: bool | None = None,
+) -> Session:
+    """Record a starting session and tell the session hosts (after commit). With `agent`, the
+    sandbox has its current version's environment (/env and /code, as its runs have) and the
+    limits its manifest asks for; the network only when asked (or the manifest asks) and the
+    server allows it (`AIMOS_SANDBOX_ALLOW_NETWORK`), as for runs. Conflict when the user has
+    `AIMOS_SESSION_MAX_ACTIVE_PER_USER` live sessions already."""
+    version = runnable_version(agent) if agent is not None else None
+    manifest = version.manifest if version is not None else {}
+    config = sandbox_config()
+    try:
+        limits = limits_for(manifest, config=config)
+    except ValueError as exc:
+        raise Conflict(f"The agent's manifest cannot be used for a session: {exc}") from None
+    wanted_network = bool(manifest.get("network")) if network is None else network
+    size = _workspace_size(workspace_mb)
+    idle = _idle_timeout(idle_timeout_seconds)
+    with transaction.atomic():
+        _check_cap(user)
+        session = Session.objects.create(
+            owner=user,
+            agent=agent,
+            version=version,
+            backend=(version.sandbox_backend if version else "") or settings.AIMOS_SANDBOX,
+            workspace_mb=size,
+            idle_timeout_seconds=idle,
+            memory_mb=limits.memory_mb,
+            cpus=limits.cpus,
+            pids=limits.pids,
+            network=wanted_network and config.allow_network,
+        )
+        commands.send(commands.START, session.pk)
+    return session
+
+
+def start_session(session: Session) -> Session:
+    """`stopped | failed → starting` again, within the caps; the workspace is kept. Conflict
+    when the session is not stopped or failed."""
+    with transaction.atomic():
+        _check_cap(session.owner)
+        if not Session.request_start(session.pk):
+            session.refresh_from_db()
+            raise Conflict(f"The session is {session.status}; only a stopped one can be started")
+        commands.send(commands.START, session.pk)
+        announce(session.pk)
+    session.refresh_from_db()
+    return session
+
+
+def wait_until_started(session: Session, seconds: float = WAIT_SECONDS) -> Session:
+    """The session once its host has started it (active) or given up (failed), or as it is
+    after `seconds`."""
+    waited = wait_until(session, lambda s: s.status != SessionStatus.STARTING, _bounded(seconds))
+    if waited is None:
+        raise NotFound("Session not found")
+    return waited
+
+
+# --- Stop and delete ---------------------------------------------------------------------------
+
+
+def stop_session(session: Session, *, wait: float = WAIT_SECONDS) -> Session:
+    """Stop the session's sandbox (every process in it ends; the workspace is kept). Returns
+    once its host has stopped it, or after `wait` seconds as it is then (still stopping).
+    Conflict when it is not running."""
+    for _ in range(2):
+        if Session.stop_unclaimed(session.pk):  # no host will start it now
+            announce(session.pk)
+            session.refresh_from_db()
+            return session
+        session.refresh_from_db()
+        if not session.is_live:
+            raise Conflict(f"The session is {session.status}, not running")
+        if session.host:
+            commands.send(commands.STOP, session.pk, host=session.host)
+            break
+    waited = wait_until(session, lambda s: not s.is_live, _bounded(wait))
+    if waited is None:
+        raise NotFound("Session not found")
+    return waited
+
+
+def delete_session(session: Session, *, wait: float = WAIT_SECONDS) -> bool:
+    """Delete the session: gone for its owner at once; its host kills every process in it,
+    removes its workspace and then its row. True when all that was done within `wait`
+    seconds (else it goes on without the caller)."""
+    with transaction.atomic():
+        if not Session.mark_deleting(session.pk):
+            raise NotFound("Session not found")
+        Session.stop_unclaimed(session.pk)
+        session.refresh_from_db()
+        commands.send(commands.DELETE, session.pk, host=session.host if session.is_live else "")
+        announce(session.pk)
+    return wait_until(session, lambda s: False, _bounded(wait)) is None
+
+
+# --- Rules -------------------------------------------------------------------------------------
+
+
+def _check_cap(user) -> None:
+    """Conflict when `user` has as many live sessions as allowed. The user's row is locked
+    until the caller's transaction ends, so two requests cannot both take the last place."""
+    get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+    allowed = settings.AIMOS_SESSION_MAX_ACTIVE_PER_USER
+    live = Session.objects.filter(owner=user).visible().live().count()
+    if live >= allowed:
+        raise Conflict(
+            f"You have {live} running sessions, the most allowed ({allowed}); "
+            "stop or delete one first",
+            code="session_limit",
+        )
+
+
+def _workspace_size(requested: int | None) -> int:
+    if requested is None:
+        return settings.AIMOS_SESSION_WORKSPACE_MB
+    most = settings.AIMOS_SESSION_MAX_WORKSPACE_MB
+    if not MIN_WORKSPACE_MB <= requested <= most:
+        raise ServiceError.invalid(
+            "workspace_mb", f"Must be between {MIN_WORKSPACE_MB} and {most} (MB)."
+        )
+    return requested
+
+
+def _idle_timeout(requested: int | None) -> int:
+    if requested is None:
+        return settings.AIMOS_SESSION_IDLE_SECONDS
+    if not 1 <= requested <= MAX_IDLE_TIMEOUT_SECONDS:
+        raise ServiceError.invalid(
+            "idle_timeout_seconds", f"Must be between 1 and {MAX_IDLE_TIMEOUT_SECONDS}."
+        )
+    return requested
+
+
+def _bounded(seconds: float) -> float:
+    return max(0.0, min(float(seconds), settings.AIMOS_MAX_WAIT_SECONDS))
