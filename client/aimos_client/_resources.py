@@ -29,7 +29,7 @@ UPLOAD_CHUNK = 64 * 1024
 BUILD_DONE = ("ready", "failed")
 
 ProgressCallback = Callable[[int, int], None]  # (bytes sent, bytes in all)
-LogCallback = Callable[[str], None]  # a new piece of a build log
+LogCallback = Callable[[str], None]  # one line of a build log, without its newline
 
 
 def is_uuid(value: Any) -> bool:
@@ -227,6 +227,12 @@ class Agents(Resource):
         """Archive the agent: it no longer runs; its runs and versions are kept."""
         return self.update(agent, status="archived")
 
+    def restore(self, agent: str):
+        """Bring an archived agent back: it gets the status its versions give it (ready when
+        its current version is built) and can run and take new versions again."""
+        # Any status but `archived` asks the server to un-archive; it sets the real one.
+        return self.update(agent, status="draft")
+
     def delete(self, agent: str):
         def operation():
             agent_id = yield from agent_id_of(agent)
@@ -327,7 +333,8 @@ class Versions(Resource):
         raise_on_failure: bool = True,
     ):
         """Wait for the version's build to end and return it (AgentVersion). `on_log` hears
-        each new piece of the build log as the build writes it. A failed build raises
+        each line of the build log (without its newline), once, as the build writes it. A
+        failed build raises
         BuildFailedError (with the version and its log) unless `raise_on_failure` is False."""
         return self._run(
             wait_for_build(
@@ -341,6 +348,38 @@ class Versions(Resource):
         )
 
 
+class LineSplitter:
+    """Turns the growing text of a log into whole lines, each given once to `on_line`
+    (without its newline); `flush()` gives the last line when it has no newline."""
+
+    def __init__(self, on_line: LogCallback | None) -> None:
+        self.on_line = on_line
+        self.seen = ""  # the log as far as it was read
+        self.pending = ""  # its last line, not ended yet
+
+    def update(self, log: str) -> None:
+        if log == self.seen:
+            return
+        if log.startswith(self.seen):
+            added = log[len(self.seen) :]
+        else:  # the log was written anew (a rebuild): the new one from its start
+            self.flush()
+            added = log
+        self.seen = log
+        *lines, self.pending = (self.pending + added).split("\n")
+        for line in lines:
+            self._emit(line)
+
+    def flush(self) -> None:
+        if self.pending:
+            line, self.pending = self.pending, ""
+            self._emit(line)
+
+    def _emit(self, line: str) -> None:
+        if self.on_line is not None:
+            self.on_line(line.removesuffix("\r"))
+
+
 def wait_for_build(
     agent: str,
     number: int | str,
@@ -351,21 +390,21 @@ def wait_for_build(
     interval: float,
 ) -> Generator[Any, Any, dict]:
     # The build log grows in the version row (written at most twice a second while pip
-    # runs); the API has no stream of it, so it is read again until the build ends.
+    # runs); the API has no stream of it, so it is read again until the build ends, and
+    # what was added is cut into lines for `on_log`.
     agent_id = yield from agent_id_of(agent)
     deadline = None if timeout is None else time.monotonic() + timeout
-    shown = ""
+    lines = LineSplitter(on_log)
     while True:
         version = yield Call("GET", f"/agents/{agent_id}/versions/{number}")
-        log = version.get("build_log") or ""
-        if on_log is not None and log != shown:
-            on_log(log[len(shown) :] if log.startswith(shown) else "\n" + log)
-        shown = log
+        lines.update(version.get("build_log") or "")
         if version["status"] in BUILD_DONE:
+            lines.flush()
             if version["status"] == "failed" and raise_on_failure:
                 raise BuildFailedError(version)
             return version
         if deadline is not None and time.monotonic() > deadline:
+            lines.flush()
             raise WaitTimeoutError(
                 f"the build of {version.get('version')} did not end within {timeout:g} s"
             )
@@ -440,7 +479,20 @@ class Executions(Resource):
             body["wait"] = wait
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         timeout = None if wait is None else self._client.settings.timeout + float(wait)
-        return self._run(Call("POST", "/executions", json=body, headers=headers, timeout=timeout))
+        call = Call("POST", "/executions", json=body, headers=headers, timeout=timeout)
+
+        def operation():
+            try:
+                return (yield call)
+            except NotFoundError as exc:
+                # The server says "Agent not found"; by a name, say which, as `agents.get` does.
+                if is_uuid(agent) or "agent" not in exc.detail.lower():
+                    raise
+                raise NotFoundError(
+                    404, f"No agent named {str(agent)!r}", exc.code, exc.errors, body=exc.body
+                ) from None
+
+        return self._run(operation())
 
     execute = create
 

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -38,6 +39,15 @@ def _credentials(api_key: str | None, token: str | None) -> dict[str, str]:
     if token:
         return {"Authorization": f"Bearer {token}"}
     return {}
+
+
+def check_base_url(url: str) -> str:
+    """`url` without its trailing slash, when it is an http:// or https:// URL of a server;
+    else ValueError (a bare `host:port` would be read as a URL scheme)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http:// or https:// URL (e.g. http://127.0.0.1:8000)")
+    return url.strip().rstrip("/")
 
 
 def _events_call(execution_id: str, after: int) -> Call:
@@ -146,14 +156,15 @@ class Client(_Base):
         settings: Settings | None = None,
         **overrides: Any,
     ) -> None:
-        """`base_url` and `api_key` default to `AIMOS_URL` and `AIMOS_API_KEY`; `settings`
-        (or keyword overrides of it, e.g. `timeout=60`) set timeouts and retries."""
+        """`base_url` (http:// or https://; else ValueError) and `api_key` default to
+        `AIMOS_URL` and `AIMOS_API_KEY`; `settings` (or keyword overrides of it, e.g.
+        `timeout=60`) set timeouts and retries."""
         settings = _settings(settings, overrides)
         super().__init__(settings)
         base_url = base_url or os.environ.get("AIMOS_URL") or "http://127.0.0.1:8000"
         if api_key is None and token is None:
             api_key = os.environ.get("AIMOS_API_KEY") or None
-        self.base_url = base_url.rstrip("/")
+        self.base_url = check_base_url(base_url)
         self._transport = SyncTransport(self.base_url, _credentials(api_key, token), settings)
         self.executions = SyncExecutions(self)
 
@@ -236,7 +247,7 @@ class AsyncClient(_Base):
         base_url = base_url or os.environ.get("AIMOS_URL") or "http://127.0.0.1:8000"
         if api_key is None and token is None:
             api_key = os.environ.get("AIMOS_API_KEY") or None
-        self.base_url = base_url.rstrip("/")
+        self.base_url = check_base_url(base_url)
         self._transport = AsyncTransport(self.base_url, _credentials(api_key, token), settings)
         self.executions = AsyncExecutions(self)
 

@@ -1,7 +1,8 @@
 """Where the `aimos` command keeps the server's URL and the API key.
 
 The file is `$XDG_CONFIG_HOME/aimos/config.json` (`~/.config/aimos/config.json` when that
-is not set), `{"url": …, "api_key": …}`, written with mode 0600 in a folder of mode 0700.
+is not set), `{"url": …, "api_key": …}` (and `key_id`, `username` when `aimos login` minted
+the key itself), written with mode 0600 in a folder of mode 0700.
 `AIMOS_URL` and `AIMOS_API_KEY` override what it holds; the command's `--url` and
 `--api-key` override both.
 """
@@ -32,9 +33,9 @@ def load() -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def save(url: str, api_key: str) -> Path:
-    """Write the URL and key; only the user can read the file, and the file is replaced at
-    once (never seen half written)."""
+def save(url: str, api_key: str, **extra: str) -> Path:
+    """Write the URL and key (and `extra` fields); only the user can read the file, and the
+    file is replaced at once (never seen half written)."""
     path = config_path()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     temporary = path.with_name(f".config.{os.getpid()}.tmp")
@@ -42,7 +43,7 @@ def save(url: str, api_key: str) -> Path:
     try:
         os.fchmod(fd, 0o600)  # whatever the umask, and an older file's mode
         with os.fdopen(fd, "w") as file:
-            json.dump({"url": url, "api_key": api_key}, file, indent=2)
+            json.dump({"url": url, "api_key": api_key, **extra}, file, indent=2)
             file.write("\n")
             file.flush()
             os.fsync(file.fileno())
@@ -66,16 +67,24 @@ class Credentials:
     url: str
     api_key: str | None
     source: str  # where the key came from: option, environment, config file, or none
+    url_source: str = "default"  # where the URL came from: option, environment, config file
 
 
 def resolve(url: str | None = None, api_key: str | None = None) -> Credentials:
     """The URL and key to use: options, then the environment, then the config file."""
     stored = load()
-    final_url = url or os.environ.get("AIMOS_URL") or stored.get("url") or DEFAULT_URL
+    if url:
+        final_url, url_source = url, "option"
+    elif os.environ.get("AIMOS_URL"):
+        final_url, url_source = os.environ["AIMOS_URL"], "environment"
+    elif stored.get("url"):
+        final_url, url_source = str(stored["url"]), str(config_path())
+    else:
+        final_url, url_source = DEFAULT_URL, "default"
     if api_key:
-        return Credentials(final_url, api_key, "option")
+        return Credentials(final_url, api_key, "option", url_source)
     if os.environ.get("AIMOS_API_KEY"):
-        return Credentials(final_url, os.environ["AIMOS_API_KEY"], "environment")
+        return Credentials(final_url, os.environ["AIMOS_API_KEY"], "environment", url_source)
     if stored.get("api_key"):
-        return Credentials(final_url, str(stored["api_key"]), str(config_path()))
-    return Credentials(final_url, None, "none")
+        return Credentials(final_url, str(stored["api_key"]), str(config_path()), url_source)
+    return Credentials(final_url, None, "none", url_source)

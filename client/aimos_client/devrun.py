@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -41,6 +43,7 @@ BOOT = (
     "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
 )
 PROTOCOL_TYPES_NOT_EVENTS = frozenset({"result", "error", "inspection", "ready"})
+MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([^']+)'")
 
 
 @dataclass
@@ -54,6 +57,7 @@ class LocalRun:
     events: list[Event] = field(default_factory=list)
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     duration_ms: int = 0
+    hint: str | None = None  # what to do about the failure, when there is something to say
 
     @property
     def ok(self) -> bool:
@@ -68,6 +72,7 @@ class LocalRun:
             "duration_ms": self.duration_ms,
             "checkpoints": self.checkpoints,
             "events": [event.as_dict() for event in self.events],
+            "hint": self.hint,
         }
 
 
@@ -202,8 +207,36 @@ def run_local(
                 run.error += f": {detail[-2000:]}"
             run.error_type = "sandbox_error"
         recorder.emit("run_failed", {"error": run.error, "error_type": run.error_type})
+        run.hint = _missing_module_hint(run.error, root, manifest, python or sys.executable)
     run.events = recorder.events
     return run
+
+
+def _missing_module_hint(
+    error: str | None, root: Path, manifest: dict[str, Any], python: str
+) -> str | None:
+    """What to do when the handler imports a package the Python running it does not have
+    (nothing is installed by `dev run`); None for any other failure, or a module of the
+    agent's own folder."""
+    match = MISSING_MODULE.search(error or "")
+    if match is None:
+        return None
+    module = match.group(1)
+    top = module.split(".")[0]
+    if (root / top).exists() or (root / f"{top}.py").exists():
+        return None  # the agent's own module: not a matter of installing
+    requirements = manifest.get("requirements")
+    if requirements:
+        what = "the agent's requirements"
+        install = f"{shlex.quote(python)} -m pip install -r {shlex.quote(str(root / requirements))}"
+    else:
+        what = f"the package that provides {top!r} (and list it in requirements.txt)"
+        install = f"{shlex.quote(python)} -m pip install <package>"
+    return (
+        f"{python} has no module {module!r}: `aimos dev run` installs nothing. Install "
+        f"{what} there ({install}), or run it with the Python that has them: --python PATH "
+        "(e.g. your project's .venv/bin/python)."
+    )
 
 
 def _kill_group(process: subprocess.Popen) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 
 from aimos_client.errors import AimosError
+from aimos_client.manifest import NAME_RE
 
 TEMPLATES = ("sync", "stream")
 
@@ -88,12 +90,20 @@ class InitError(AimosError):
     """The folder already holds an agent, or a name cannot be made."""
 
 
+# Letters that Unicode does not decompose into a Latin letter and an accent.
+_LATIN = str.maketrans(
+    {"ß": "ss", "æ": "ae", "Æ": "AE", "ø": "o", "Ø": "O", "œ": "oe", "Œ": "OE", "ł": "l",
+     "Ł": "L", "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "þ": "th", "Þ": "TH", "ı": "i"}
+)  # fmt: skip
+
+
 def agent_name(text: str) -> str:
-    """A valid agent name made from `text` (a folder name, usually)."""
-    name = re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-_")[:64]
-    if not name or not name[0].isalnum():
-        name = ("agent-" + name).strip("-")[:64]
-    return name or "agent"
+    """A valid agent name made from `text` (a folder name, usually): lowercase, accents
+    dropped (`Über` → `uber`, `Straße` → `strasse`), every other run of characters a `-`;
+    "" when nothing of `text` can be written so (e.g. `東京`)."""
+    latin = unicodedata.normalize("NFKD", text.translate(_LATIN))
+    latin = latin.encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9_-]+", "-", latin.lower()).strip("-_")[:64]
 
 
 def init(folder: str | Path, *, name: str | None = None, template: str = "sync") -> list[Path]:
@@ -102,10 +112,19 @@ def init(folder: str | Path, *, name: str | None = None, template: str = "sync")
     if template not in TEMPLATES:
         raise InitError(f"unknown template {template!r} (one of {', '.join(TEMPLATES)})")
     root = Path(folder)
-    name = name or agent_name(root.resolve().name)
-    if name != agent_name(name):
+    if name is None:
+        name = agent_name(root.resolve().name)
+        if not name:
+            raise InitError(
+                f"cannot make an agent name of {root.resolve().name!r} (a name has lowercase "
+                "letters a-z, digits, '-' and '_'): give one with --name"
+            )
+    if not NAME_RE.fullmatch(name):
+        suggestion = agent_name(name)
         raise InitError(
-            f"{name!r} is not a valid agent name: lowercase letters, digits, '-' and '_'"
+            f"{name!r} is not a valid agent name: lowercase letters a-z, digits, '-' and '_', "
+            "starting with a letter or digit, at most 64"
+            + (f" (e.g. {suggestion!r})" if suggestion else "")
         )
     files = {
         "aimos.yaml": MANIFEST.format(name=name),

@@ -37,7 +37,9 @@ def test_deploy_reports_upload_progress_and_the_build_log(client):
     assert deployment.agent["current_version"] == "v1"
     assert deployment.version["status"] == "ready"
     assert sent[-1] == (deployment.package.size, deployment.package.size)
-    assert "".join(log) == deployment.version["build_log"] != ""
+    # One call a line, without its newline, each line once.
+    assert log == deployment.version["build_log"].splitlines() != []
+    assert not any("\n" in line for line in log)
     assert sorted(deployment.package.files) == ["agent/__init__.py", "agent/main.py", "aimos.yaml"]
 
     again = client.deploy(EXAMPLES / "counter")
