@@ -15,6 +15,15 @@ def _fresh_cache(settings):
     settings.CACHES = caches
 
 
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """Each test gets channel layers of its own: a receive left pending in an earlier test's
+    event loop (a socket a failed test never closed) cannot hold the next test's receives."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+
+
 def _make_user(django_user_model, username: str, **extra):
     return django_user_model.objects.create_user(
         username=username,
