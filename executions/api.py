@@ -43,6 +43,12 @@ class ExecutionSerializer(serializers.ModelSerializer):
     batch_id = serializers.UUIDField(read_only=True, allow_null=True)
     parent_id = serializers.UUIDField(read_only=True, allow_null=True)
     source_checkpoint_id = serializers.UUIDField(read_only=True, allow_null=True)
+    session_id = serializers.UUIDField(
+        read_only=True,
+        allow_null=True,
+        help_text="The session whose workspace the run works in (a session's task); null for "
+        "a run of its own, or once its session was deleted.",
+    )
     input = serializers.JSONField(read_only=True)
     output = serializers.JSONField(read_only=True)
     events = serializers.IntegerField(
@@ -64,6 +70,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
             "batch_id",
             "parent_id",
             "source_checkpoint_id",
+            "session_id",
             "status",
             "error_type",
             "input",

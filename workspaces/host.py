@@ -11,6 +11,15 @@ for the daemon inside to answer, then `active`; later stop it (asked to, idle fo
 every session it holds in one statement, notices a sandbox that died (the session ends
 `failed`, "its sandbox exited"), stops idle sessions and records workspace usage.
 
+A session's tasks (runs in its workspace, `workspaces.tasks`) count as its use: a session with
+a task pending, running or paused is never idle, and its idle time counts from its last task's
+end as from its last request. Whatever ends a session here — a stop, a failure, a delete, a
+lost lease, the host stopping — first cancels its tasks and waits (up to TASKS_END_SECONDS) for
+them to end, then stops its sandbox and unmounts its workspace, and cancels once more those
+that came meanwhile (their worker refuses them: the session is no longer active): no task
+outlives its workspace. This is the one place for that rule, since every end of a session
+passes here (`workspaces.services` only asks for a stop or a delete).
+
 A session whose lease this host lost (the upkeep ended it `failed` meanwhile, or its row was
 deleted) is stopped here at once; when its row is gone, its workspace is removed too, since
 nothing can reach it any more. A host that dies leaves its sessions to the upkeep
@@ -31,6 +40,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, replace
+from datetime import timedelta
 
 import django_rq
 from django.conf import settings
@@ -41,6 +51,8 @@ from agents.builds import environment_of
 from agents.choices import VersionStatus
 from core.sandbox_settings import sandbox_config
 from core.transient import TRANSIENT_ERRORS, reconnect
+from executions.models import Execution
+from executions.waits import wait_until as wait_for_run
 from sandbox import get_backend, limits_for
 from sandbox.base import Limits, SandboxError, SandboxUnavailable, SessionSpec
 from sandbox.session_client import SessionClient, SessionOpError, SessionUnreachable
@@ -49,6 +61,7 @@ from workspaces import commands
 from workspaces.choices import SessionStatus
 from workspaces.disks import disk_of, remove_workspace
 from workspaces.models import Session
+from workspaces.tasks import cancel_tasks
 from workspaces.waits import announce
 
 logger = logging.getLogger(__name__)
@@ -62,6 +75,10 @@ USAGE_SECONDS = 10.0
 READY_SECONDS = 30.0
 # How long a stopping host waits for its sessions to be stopped.
 STOP_SECONDS = 30.0
+# How long the end of a session waits for its cancelled tasks to end (their workers kill
+# their sandboxes) before it unmounts their workspace regardless; below the wait of a stop
+# request (`workspaces.services.WAIT_SECONDS`).
+TASKS_END_SECONDS = 10.0
 
 SANDBOX_EXITED = "its sandbox exited"
 START_FAILED = "The session's sandbox could not start"
@@ -230,9 +247,11 @@ class Keeper:
             return True
         if why == IDLE and not self._still_idle():
             return False
+        self._end_tasks()
         self._record_usage()
         self._clean_up()
         self._record(Session.mark_stopped)
+        self._end_tasks(wait=False)
         logger.info("session %s stopped (%s)", self.session_id, why)
         return True
 
@@ -250,7 +269,9 @@ class Keeper:
             return not self.claimed  # a stale command
         if session.is_live and session.host != self.host.name:
             return not self.claimed  # held elsewhere, or not claimed yet: not this host's
+        self._end_tasks()
         self._clean_up()
+        self._end_tasks(wait=False)
         remove_workspace(session.pk)
         Session.objects.filter(pk=session.pk, deleting=True).delete()
         announce(session.pk)
@@ -260,9 +281,11 @@ class Keeper:
     def _died(self) -> bool:
         if not self.claimed or self.sandbox is None:
             return not self.claimed
+        self._end_tasks()
         self._record_usage()
         self._clean_up()
         self._record(Session.fail, SANDBOX_EXITED)
+        self._end_tasks(wait=False)
         logger.warning("session %s failed: %s", self.session_id, SANDBOX_EXITED)
         return True
 
@@ -270,6 +293,7 @@ class Keeper:
         """The lease is lost (the session ended meanwhile) or the row is gone."""
         if not self.claimed:
             return True
+        self._end_tasks()
         self._clean_up()
         if gone:
             remove_workspace(self.session_id)
@@ -285,13 +309,32 @@ class Keeper:
         if not self.claimed:
             return True
         try:
+            self._end_tasks()
             self._clean_up()
             self._record(Session.fail, "its session host failed to manage it")
+            self._end_tasks(wait=False)
         except Exception:  # noqa: BLE001 — the lease will expire: the upkeep ends it
             logger.exception("session %s: could not clean up", self.session_id)
         return True
 
     # --- helpers ---------------------------------------------------------------------------------
+
+    def _end_tasks(self, *, wait: bool = True) -> None:
+        """Cancel the session's tasks still pending, running or paused; with `wait`, return
+        once they have ended (their workers killed their sandboxes), or after
+        TASKS_END_SECONDS."""
+        if not cancel_tasks(self.session_id) or not wait:
+            return
+        deadline = time.monotonic() + TASKS_END_SECONDS
+        for task in Execution.objects.filter(session_id=self.session_id).active():
+            left = deadline - time.monotonic()
+            if left <= 0 or not wait_for_run(task, lambda t: t.is_terminal, left).is_terminal:
+                logger.warning(
+                    "session %s: its tasks did not all end within %g s",
+                    self.session_id,
+                    TASKS_END_SECONDS,
+                )
+                return
 
     def _clean_up(self) -> None:
         """Every process of the session is gone, its workspace unmounted."""
@@ -318,10 +361,13 @@ class Keeper:
 
 
 def _idle(session: Session, now) -> bool:
-    return (
-        session.status == SessionStatus.ACTIVE
-        and (now - session.last_active_at).total_seconds() >= session.idle_timeout_seconds
-    )
+    """Active, unused for its idle timeout: no request since, and no task running or ended
+    since (a task is use of the session as long as it lasts)."""
+    timeout = timedelta(seconds=session.idle_timeout_seconds)
+    if session.status != SessionStatus.ACTIVE or now - session.last_active_at < timeout:
+        return False
+    tasks = Execution.objects.filter(session_id=session.pk)
+    return not (tasks.active().exists() or tasks.filter(finished_at__gt=now - timeout).exists())
 
 
 # --- The host ---------------------------------------------------------------------------------

@@ -3,11 +3,13 @@ web process to the daemon in the session's sandbox, over its Unix socket
 (`sandbox.session_client.SessionClient`).
 
 The session must be `active` (Conflict otherwise). Each operation records the session's use
-(`last_active_at`, at most once per TOUCH_SECONDS), which keeps it from its idle stop. The
-daemon's refusals become API errors with its message as `detail` and its code as `code`:
-`not_found` and `no_such_process` a 404, every other a 400. A daemon that does not answer is
-a 503 (`session_unreachable`): the sandbox is gone or stuck, which its host notices and
-records (the session then reads `failed`), so the request is not the client's fault.
+(`last_active_at`, at most once per TOUCH_SECONDS), which keeps it from its idle stop. A file
+written or deleted here is told to the session's sockets (`file_changed`, `workspaces.live`),
+as a task's `ctx.workspace.write` is. The daemon's refusals become API errors with its
+message as `detail` and its code as `code`: `not_found` and `no_such_process` a 404, every
+other a 400. A daemon that does not answer is a 503 (`session_unreachable`): the sandbox is
+gone or stuck, which its host notices and records (the session then reads `failed`), so the
+request is not the client's fault.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rest_framework import status
 
 from core.errors import Conflict, NotFound, ServiceError
 from sandbox.session_client import SessionClient, SessionOpError, SessionUnreachable
+from workspaces import live
 from workspaces.choices import SessionStatus
 from workspaces.models import Session
 
@@ -197,14 +200,38 @@ def read_chunks(session: Session, path: str, start: int, end: int | None) -> Ite
 
 
 def write_file(session: Session, path: str, data: bytes) -> dict:
-    """Write the whole file (made with its folders; replaced at once if it exists)."""
+    """Write the whole file (made with its folders; replaced at once if it exists); the
+    session's sockets are told (`file_changed`, `created` or `modified`)."""
     with daemon(session) as client:
-        return client.write(path, data, parents=True)
+        existed = _exists(client, path)
+        written = client.write(path, data, parents=True)
+    changed(session, written.get("path") or path, "modified" if existed else "created")
+    return written
 
 
 def delete_file(session: Session, path: str, *, recursive: bool = False) -> None:
+    """Delete the file (or the folder, with `recursive`); the session's sockets are told
+    (`file_changed`, `deleted`)."""
     with daemon(session) as client:
         client.delete(path, recursive=recursive)
+    changed(session, path, "deleted")
+
+
+def changed(session: Session, path: str, change: str) -> None:
+    """Tell the session's sockets that `path` (relative to the workspace) was `change`d."""
+    # As the daemon reads it: "" and "." parts left out.
+    where = "/".join(part for part in path.split("/") if part not in ("", "."))
+    live.publish(session.pk, "file_changed", {"path": where, "change": change})
+
+
+def _exists(client: SessionClient, path: str) -> bool:
+    """Whether `path` is there now (a refusal, as for a path that cannot be written, is
+    "no": the write that follows says why)."""
+    try:
+        client.stat(path)
+    except SessionOpError:
+        return False
+    return True
 
 
 # --- Search ------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 upkeep process (`aimos.upkeep`) on its pass.
 
 - A live session whose lease expired lost its host: it ends `failed` ("its host stopped"),
-  and its workspace is unmounted (its sandbox died with the host, or is removed by the
-  backend's sweep).
+  its tasks are asked to end, and its workspace is unmounted (its sandbox died with the host,
+  or is removed by the backend's sweep).
 - A start no session host took up within UNCLAIMED_SECONDS ends `failed`: no host is running.
 - The workspace of a session stopped (or failed) longer than AIMOS_SESSION_RETENTION_HOURS is
   deleted; the row stays, `workspace_deleted`.
@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from workspaces import disks
 from workspaces.models import ENDED, Session
+from workspaces.tasks import cancel_tasks
 from workspaces.waits import announce
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def sweep_lost_sessions(now=None) -> dict:
     for pk in expired.values_list("pk", flat=True):
         if Session.fail(pk, HOST_STOPPED, expired_by=now):
             lost += 1
+            _quietly(cancel_tasks, pk, "cancel the tasks of lost session")
             _quietly(disks.unmount, pk, "unmount the workspace of lost session")
             announce(pk)
     not_started = 0

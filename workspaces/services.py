@@ -5,6 +5,11 @@ tell the host once it is committed and wait (bounded) for the host to have done 
 
 What is done inside a running session (files, search, shell, processes) is in
 `workspaces.operations`.
+
+A session's tasks are cancelled by its host as it ends the session (`workspaces.host`: every
+end passes there — a stop or delete asked here, an idle stop, a sandbox that died, a lost
+lease), not here: a stop asked here of a session no host holds yet has no task to cancel (a
+task is only ever started in an active session).
 """
 
 from __future__ import annotations
@@ -121,9 +126,9 @@ def wait_until_started(session: Session, seconds: float = WAIT_SECONDS) -> Sessi
 
 
 def stop_session(session: Session, *, wait: float = WAIT_SECONDS) -> Session:
-    """Stop the session's sandbox (every process in it ends; the workspace is kept). Returns
-    once its host has stopped it, or after `wait` seconds as it is then (still stopping).
-    Conflict when it is not running."""
+    """Stop the session's sandbox (its tasks are cancelled, every process in it ends; the
+    workspace is kept). Returns once its host has stopped it, or after `wait` seconds as it
+    is then (still stopping). Conflict when it is not running."""
     for _ in range(2):
         if Session.stop_unclaimed(session.pk):  # no host will start it now
             announce(session.pk)
@@ -143,7 +148,8 @@ def stop_session(session: Session, *, wait: float = WAIT_SECONDS) -> Session:
 
 def delete_session(session: Session, *, wait: float = WAIT_SECONDS) -> bool:
     """Delete the session: gone for its owner at once; its host kills every process in it,
-    removes its workspace and then its row. True when all that was done within `wait`
+    removes its workspace and then its row (its tasks cancelled first; their records stay,
+    without their session). True when all that was done within `wait`
     seconds (else it goes on without the caller)."""
     with transaction.atomic():
         if not Session.mark_deleting(session.pk):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
+from django.core.files.uploadedfile import SimpleUploadedFile
 
 from executions import events as event_log
 from executions import outcomes
@@ -22,7 +23,7 @@ from executions.tests.wsclient import (
 )
 from workspaces import live, operations
 from workspaces.models import Session
-from workspaces.tests.daemons import TEST_HOST
+from workspaces.tests.daemons import API, TEST_HOST
 from workspaces.waits import announce
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -203,6 +204,55 @@ def test_published_messages_reach_every_socket_of_the_session(active_session, ke
     for message in async_to_sync(scenario)():
         assert message["type"] == "file_changed"
         assert message["data"] == {"path": "a.txt", "change": "deleted"}
+
+
+def test_files_written_uploaded_and_deleted_through_the_api_are_told_to_its_sockets(
+    active_session, daemon, key, owner_api
+):
+    url = f"{API}/sessions/{active_session.pk}"
+
+    def write(path: str, content: str) -> None:
+        response = owner_api.post(
+            f"{url}/files/content", {"path": path, "content": content}, format="json"
+        )
+        assert response.status_code == 200, response.content
+
+    def upload(path: str) -> None:
+        upload = SimpleUploadedFile("up.bin", b"\x00\x01", "application/octet-stream")
+        response = owner_api.post(
+            f"{url}/files/upload", {"file": upload, "path": path}, format="multipart"
+        )
+        assert response.status_code == 201, response.content
+
+    def delete(path: str) -> None:
+        response = owner_api.delete(f"{url}/files?path={path}&recursive=true")
+        assert response.status_code == 204, response.content
+
+    steps = [
+        (write, ("notes/a.txt", "one")),
+        (write, ("./notes/a.txt", "two")),
+        (upload, ("up.bin",)),
+        (delete, ("notes",)),
+    ]
+
+    async def scenario():
+        client = await connect(f"/ws/sessions/{active_session.pk}/", key)
+        await next_of(client, "session_status")
+        told = []
+        for step, args in steps:
+            await sync_to_async(step)(*args)
+            told.append(await next_of(client, "file_changed"))
+        await client.disconnect()
+        return told
+
+    told = async_to_sync(scenario)()
+    assert [m["data"] for m in told] == [
+        {"path": "notes/a.txt", "change": "created"},
+        {"path": "notes/a.txt", "change": "modified"},
+        {"path": "up.bin", "change": "created"},
+        {"path": "notes", "change": "deleted"},
+    ]
+    assert operations.list_files(active_session, "")["entries"][0]["name"] == "up.bin"
 
 
 # --- the session's status ----------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from uuid import UUID
 
 import pytest
 
@@ -20,8 +21,10 @@ from executions.tests.live import Client, sse_frames
 from executions.tests.runs import Background, queued_runs, wait_until
 from executions.tests.wsclient import api_key_of, live_socket, read_until, read_until_closed
 from executions.tests.wsclient import ready_agent as ready_agent_of
+from workspaces.choices import SessionStatus
 from workspaces.models import Session
 from workspaces.tests.daemons import API, TEST_HOST, activate, new_session
+from workspaces.waits import wait_until as wait_for_session
 
 COMMITTING = pytest.mark.django_db(transaction=True)
 BASES = ["/api/v1/sessions", "/api/sessions"]
@@ -264,16 +267,47 @@ def build(live, client: Client, owner, name: str) -> str:
 
 
 @pytest.fixture
-def live_session(live, owner):
-    """(client, an active session of a workspace agent) on the live stack."""
+def workspace_agent(live, owner):
+    """(client, the id of a workspace agent) on the live stack."""
     client = Client(live, owner)
-    agent_id = build(live, client, owner, "workspace-agent")
-    created = client.post("/sessions", json={"agent_id": agent_id})
+    return client, build(live, client, owner, "workspace-agent")
+
+
+def create_session(client: Client, **body) -> dict:
+    created = client.post("/sessions", json=body)
     assert created.status_code == 201, created.text
     session = created.json()
     assert session["status"] == "active", session
+    return session
+
+
+@pytest.fixture
+def live_session(workspace_agent):
+    """(client, an active session of a workspace agent) on the live stack."""
+    client, agent_id = workspace_agent
+    session = create_session(client, agent_id=agent_id)
     yield client, session
     client.delete(f"/sessions/{session['id']}")
+
+
+def start_blocking_task(live, owner, client: Client, session_id: str) -> str:
+    """A task of the session that runs until it is cancelled; its id once it is running (its
+    `tool_call` came on the session's socket)."""
+    with live_socket(live, f"/ws/sessions/{session_id}/", api_key_of(owner)) as socket:
+        assert json.loads(socket.recv(timeout=30))["type"] == "session_status"
+        started = client.post(f"/sessions/{session_id}/tasks", json={"input": "block"})
+        assert started.status_code == 202, started.text
+        read_until(socket, lambda got: any(m["type"] == "tool_call" for m in got))
+    task = Execution.objects.get(pk=started.json()["id"])
+    assert task.status == "running"
+    return str(task.pk)
+
+
+def settle(session_id, statuses) -> Session:
+    """The session once it is in one of `statuses` (woken by its announcements)."""
+    seen = wait_for_session(Session.objects.get(pk=session_id), lambda s: s.status in statuses, 60)
+    assert seen is not None and seen.status in statuses, seen and (seen.status, seen.error)
+    return seen
 
 
 @pytest.mark.slow
@@ -390,3 +424,46 @@ def test_another_user_is_refused_on_the_live_session_sockets(live, other, live_s
         with live_socket(live, path, api_key_of(other)) as socket:
             messages, code = read_until_closed(socket, timeout=30)
         assert (messages, code) == ([], 4404)
+
+
+@pytest.mark.slow
+def test_a_session_whose_task_runs_is_not_idle_until_the_task_ends(live, owner, workspace_agent):
+    client, agent_id = workspace_agent
+    busy = create_session(client, agent_id=agent_id, idle_timeout_seconds=1)
+    task_id = start_blocking_task(live, owner, client, busy["id"])
+
+    # A session made now with the same idle timeout and no task is stopped by an idle check
+    # that found the busy one idle as long, or longer (nothing used it since its task began).
+    idle = create_session(client, idle_timeout_seconds=1)
+    assert settle(idle["id"], SessionStatus.ended()).status == SessionStatus.STOPPED
+
+    assert Session.objects.get(pk=busy["id"]).status == SessionStatus.ACTIVE
+    assert Execution.objects.get(pk=task_id).status == "running"
+    # Its task over, the session is idle from then on, and stopped.
+    assert client.post(f"/executions/{task_id}/cancel").json()["status"] == "cancelled"
+    stopped = settle(busy["id"], SessionStatus.ended())
+    assert (stopped.status, stopped.error) == (SessionStatus.STOPPED, "")
+    client.delete(f"/sessions/{busy['id']}")
+    client.delete(f"/sessions/{idle['id']}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("end", ["stop", "delete"])
+def test_a_session_that_stops_or_is_deleted_cancels_its_running_task(
+    live, owner, live_session, end
+):
+    client, session = live_session
+    base = f"/sessions/{session['id']}"
+    task_id = start_blocking_task(live, owner, client, session["id"])
+
+    if end == "stop":
+        response = client.post(f"{base}/stop")
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "stopped"
+    else:
+        assert client.delete(base).status_code == 204
+
+    task = Execution.objects.get(pk=task_id)
+    assert task.status == "cancelled", (task.status, task.error_message)
+    # The run's record stays; a deleted session's, without its session.
+    assert task.session_id == (UUID(session["id"]) if end == "stop" else None)
