@@ -4,7 +4,6 @@ field errors, and a 429 waited out."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,8 @@ from aimos_client import (
     RateLimitedError,
     TransportError,
 )
+
+from tests.client import aio
 
 pytestmark = pytest.mark.slow
 
@@ -121,7 +122,7 @@ def test_the_async_client_deploys_and_runs(live, api_key):
             me = await aimos.auth.me()
             return deployment, events, me
 
-    deployment, events, me = asyncio.run(scenario())
+    deployment, events, me = aio.run(scenario)
     assert deployment.version["status"] == "ready"
     assert [e.type for e in events if e.type.startswith("tool")] == ["tool_call", "tool_result"]
     assert events[-1].data["output"] == {"expression": "6 * 7", "value": 42}

@@ -4,7 +4,6 @@ connects again with `Last-Event-ID` and gets every seq exactly once."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 from urllib.parse import urlsplit
@@ -14,6 +13,7 @@ from aimos_client import AsyncClient, Client
 
 from executions.tests.live import Client as HttpClient
 from executions.tests.live import deploy
+from tests.client import aio
 
 pytestmark = pytest.mark.slow
 
@@ -140,4 +140,4 @@ def test_the_async_client_resumes_a_dropped_stream_with_last_event_id(live, api_
         async with AsyncClient(proxy.url, api_key=api_key) as through_proxy:
             return [event async for event in through_proxy.executions.stream(run["id"])]
 
-    check_resumed(asyncio.run(follow()), proxy)
+    check_resumed(aio.run(follow), proxy)
