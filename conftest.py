@@ -212,13 +212,16 @@ class LiveStack:
 
 
 def _remove_sessions(root: Path) -> None:
-    """Nothing is left of the stack's sessions: every workspace unmounted and deleted."""
+    """Nothing is left of the stack's sessions: every workspace and control directory
+    unmounted, and deleted."""
     import shutil
 
+    from sandbox.session import release_control_dir
     from sandbox.workspace_disk import WorkspaceDisk
 
     for directory in root.iterdir() if root.exists() else []:
         try:
+            release_control_dir(directory / "control")
             WorkspaceDisk(directory, 0).remove()
         except Exception as exc:  # noqa: BLE001 — said, and the rest is still removed
             print(f"could not remove the workspace {directory}: {exc}")

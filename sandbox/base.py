@@ -301,6 +301,15 @@ class SessionSandbox(abc.ABC):
         """End the sandbox: every process of it killed, its cgroups, uid, container and
         egress proxy gone when this returns. Idempotent. The workspace is left as it is."""
 
+    @abc.abstractmethod
+    def pause(self) -> None:
+        """Freeze every process of the sandbox (the daemon too: it answers nobody until
+        `resume`). No-op once stopped."""
+
+    @abc.abstractmethod
+    def resume(self) -> None:
+        """Thaw every process of the sandbox. No-op unless paused."""
+
     def usage(self) -> dict[str, Any]:
         """What the sandbox has used so far, where cheap to know: `peak_memory_mb`,
         `cpu_ms` (each may be None)."""

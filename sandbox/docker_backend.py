@@ -111,6 +111,7 @@ from sandbox.session import (
     check_mount,
     daemon_argv,
     give_control_dir,
+    release_control_dir,
     remove_socket,
     seal_control_dir,
     seal_ready_control_dir,
@@ -295,6 +296,8 @@ class DockerBackend(Backend):
             container_id = self._create_session_container(spec, proxy)
         except BaseException:
             close_egress(proxy)
+            seal_control_dir(spec.control_dir)
+            release_control_dir(spec.control_dir)
             raise
         session = DockerSession(spec, self.client.api, container_id, proxy=proxy)
         try:
@@ -751,6 +754,7 @@ class DockerSession(SessionSandbox):
         self._cgroups: _Cgroups | None = None
         self._stop_lock = threading.Lock()
         self._stopped = False
+        self._paused = False
         self._usage: dict[str, Any] = {"peak_memory_mb": None, "cpu_ms": None}
 
     def _start(self) -> None:
@@ -801,15 +805,46 @@ class DockerSession(SessionSandbox):
                 "cpu_ms": self._cgroups.cpu_ms,
             }
 
+    def pause(self) -> None:
+        with self._stop_lock:
+            if self._stopped or self._paused:
+                return
+            try:
+                self.api.pause(self.container_id)
+            except docker.errors.DockerException as exc:
+                raise SandboxError(f"could not pause the container: {exc}") from exc
+            self._paused = True
+
+    def resume(self) -> None:
+        with self._stop_lock:
+            if self._stopped or not self._paused:
+                return
+            self._unpause()
+
+    def _unpause(self) -> None:
+        try:
+            self.api.unpause(self.container_id)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.DockerException as exc:
+            raise SandboxError(f"could not resume the container: {exc}") from exc
+        self._paused = False
+
     def stop(self) -> None:
         """Ends the daemon's stdin (it kills what it started and ends), then removes the
         container (whatever is left is killed) and closes the egress proxy; returns once the
-        engine no longer knows the container."""
+        engine no longer knows the container. A paused container is resumed first, so its
+        daemon can end what it started."""
         with self._stop_lock:
             if self._stopped:
                 return
             self._stopped = True
             try:
+                if self._paused:
+                    try:
+                        self._unpause()
+                    except SandboxError:
+                        pass  # removed regardless below
                 if self._stdout is not None and self.output is not None:
                     try:
                         self._stdout.sock.shutdown(socket.SHUT_WR)
@@ -826,6 +861,7 @@ class DockerSession(SessionSandbox):
                     close_egress(self.proxy)
                     remove_socket(self.spec.control_dir)
                     seal_control_dir(self.spec.control_dir)
+                    release_control_dir(self.spec.control_dir)
 
 
 def remove_container(api: docker.APIClient, container_id: str, within: float) -> None:

@@ -97,6 +97,7 @@ from sandbox.session import (
     check_mount,
     daemon_argv,
     give_control_dir,
+    release_control_dir,
     remove_socket,
     seal_control_dir,
     seal_ready_control_dir,
@@ -245,6 +246,7 @@ class ProcessSession(SessionSandbox):
         self._reaped = threading.Event()
         self._stop_lock = threading.Lock()
         self._stopped = False
+        self._paused = False
         self._usage: dict[str, Any] = {"peak_memory_mb": None, "cpu_ms": None}
         self._stderr: deque[bytes] = deque(maxlen=64)
         assert proc.stdout is not None
@@ -299,15 +301,33 @@ class ProcessSession(SessionSandbox):
         except (OSError, ValueError, KeyError):
             pass
 
+    def pause(self) -> None:
+        with self._stop_lock:
+            if self._stopped or self._paused:
+                return
+            self.members.freeze()
+            self._paused = True
+
+    def resume(self) -> None:
+        with self._stop_lock:
+            if self._stopped or not self._paused:
+                return
+            self.members.thaw()
+            self._paused = False
+
     def stop(self) -> None:
         """At stdin's EOF the daemon kills what it started and ends; whatever is left after
         STOP_GRACE_SECONDS (or does not end) is killed through the cgroups and the uid. Then
-        the cgroups, uid, run directory and egress proxy are released."""
+        the cgroups, uid, run directory and egress proxy are released. A paused sandbox is
+        thawed first, so its daemon can end what it started."""
         with self._stop_lock:
             if self._stopped:
                 return
             self._stopped = True
             try:
+                if self._paused:
+                    self.members.thaw()
+                    self._paused = False
                 if self.proc.stdin is not None:
                     try:
                         self.proc.stdin.close()
@@ -328,6 +348,7 @@ class ProcessSession(SessionSandbox):
                       self._lease)  # fmt: skip
                 remove_socket(self.spec.control_dir)
                 seal_control_dir(self.spec.control_dir)
+                release_control_dir(self.spec.control_dir)
 
 
 # --- the backend -----------------------------------------------------------------------------
@@ -683,6 +704,7 @@ class ProcessBackend(Backend):
             )  # fmt: skip
         except BaseException:
             seal_control_dir(mount.control_dir)
+            release_control_dir(mount.control_dir)
             raise
         try:
             session.wait_ready()

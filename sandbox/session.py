@@ -12,12 +12,15 @@ that started it and is never written: the daemon ends (killing what it started) 
 process goes away. It says `ready` on stdout once it listens, and nothing after that
 (`DaemonOutput` reads it). The control directory belongs to the sandbox's user only while
 the daemon makes its socket there (`give_control_dir`), then to root again
-(`seal_control_dir`): it is on this host's disk, so nothing in the sandbox may fill it, nor
-replace the socket. A task run's sandbox gets it read-only and can connect to the socket.
+(`seal_control_dir`), so nothing in the sandbox may add to it nor replace the socket; it is a
+tiny tmpfs of its own while the sandbox runs (`release_control_dir` unmounts it), so nothing
+made there before the seal can grow on this host. A task run's sandbox gets it read-only and
+can connect to the socket.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import stat
 import threading
@@ -40,6 +43,7 @@ __all__ = [
     "check_mount",
     "daemon_argv",
     "give_control_dir",
+    "release_control_dir",
     "remove_socket",
     "seal_control_dir",
 ]
@@ -50,6 +54,11 @@ CONTROL_IN_SANDBOX = "/aimos/session"
 WORKSPACE_IN_SANDBOX = "/workspace"
 TMP_IN_SANDBOX = "/tmp"
 READY_LINE = b"ready"
+# The tmpfs of a control directory: room for the socket and little else.
+CONTROL_BYTES = 64 * 1024
+CONTROL_INODES = 16
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MNT_DETACH = 2, 4, 8, 2
+_libc = ctypes.CDLL(None, use_errno=True)
 READY_SECONDS = 30.0  # for the daemon to say it listens
 STOP_GRACE_SECONDS = 3.0  # for the daemon to end its processes itself at stdin EOF
 MB = 1024 * 1024
@@ -80,15 +89,41 @@ def check_mount(mount: SessionMount) -> SessionMount:
 
 
 def give_control_dir(control_dir: Path, uid: int) -> None:
-    """Make the control directory the sandbox user's (0755), its old socket gone."""
+    """Make the control directory the sandbox user's (0755), its old socket gone: a tmpfs of
+    CONTROL_BYTES and CONTROL_INODES mounted there first (kept when one already is), so what
+    the daemon makes there before the seal — even a file it unlinks and keeps open — takes
+    at most that much of this host, never its disk."""
+    if not os.path.ismount(control_dir):
+        options = f"size={CONTROL_BYTES},nr_inodes={CONTROL_INODES},mode=0755"
+        flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+        if _libc.mount(b"tmpfs", os.fsencode(control_dir), b"tmpfs", flags, options.encode()):
+            error = ctypes.get_errno()
+            raise SandboxError(
+                f"could not mount the session's control directory: {os.strerror(error)}"
+            )
     os.chown(control_dir, uid, uid, follow_symlinks=False)
     os.chmod(control_dir, 0o755)
     remove_socket(control_dir)
 
 
+def release_control_dir(control_dir: Path) -> None:
+    """Unmount the control directory's tmpfs (its socket goes with it); nothing when none is
+    mounted there. Detached: a sandbox still ending keeps its own view of it until it ends."""
+    try:
+        if not os.path.ismount(control_dir):
+            return
+    except OSError:
+        return
+    if _libc.umount2(os.fsencode(control_dir), MNT_DETACH):
+        error = ctypes.get_errno()
+        raise SandboxError(
+            f"could not unmount the session's control directory: {os.strerror(error)}"
+        )
+
+
 def seal_control_dir(control_dir: Path) -> None:
     """The control directory is root's again (0755): once the daemon has made its socket,
-    nothing in the sandbox may add files there (it is on this host's disk, uncapped)."""
+    nothing in the sandbox may add files there."""
     try:
         os.chown(control_dir, 0, 0, follow_symlinks=False)
         os.chmod(control_dir, 0o755)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from sandbox.session import release_control_dir
 from sandbox.workspace_disk import WorkspaceDisk
 
 
@@ -22,12 +23,16 @@ def disk_of(session_id, workspace_mb: int = 0) -> WorkspaceDisk:
 
 
 def unmount(session_id) -> None:
+    """The session's workspace (and control directory) unmounted, its files kept."""
+    release_control_dir(directory_of(session_id) / "control")
     disk = disk_of(session_id)
     if disk.mounted():
         disk.unmount()
 
 
 def remove_workspace(session_id) -> None:
-    """Nothing of the session's workspace is left: unmounted, its image and folder deleted."""
+    """Nothing of the session's workspace is left: unmounted (its control directory too, left
+    mounted by a host that died), its image and folder deleted."""
+    release_control_dir(directory_of(session_id) / "control")
     disk_of(session_id).remove()
     shutil.rmtree(directory_of(session_id), ignore_errors=True)

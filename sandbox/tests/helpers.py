@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sandbox.base import Backend, Environment, Event, Limits, Outcome, Run, WarmSandbox
@@ -123,6 +124,21 @@ def processes_with(token: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def frozen(pid: int) -> bool:
+    """Whether the kernel holds `pid` frozen: its freezer cgroup (v1) says FROZEN, or its
+    unified cgroup (v2) says `frozen 1`."""
+    hierarchies = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        hierarchies[controllers] = path.lstrip("/")
+    for controllers, path in hierarchies.items():
+        if "freezer" in controllers.split(","):
+            state = Path("/sys/fs/cgroup/freezer", path, "freezer.state").read_text()
+            return state.strip() == "FROZEN"
+    events = Path("/sys/fs/cgroup", hierarchies[""], "cgroup.events").read_text()
+    return "frozen 1" in events.splitlines()
 
 
 def leftover_processes(run: Run) -> list[int]:

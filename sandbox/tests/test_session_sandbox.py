@@ -13,10 +13,12 @@ import fcntl
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -37,8 +39,9 @@ from sandbox.confinement import UID_LOCK_DIR, pids_of_uid
 from sandbox.docker_backend import LABEL_SESSION
 from sandbox.egress import host_addresses
 from sandbox.process_backend import ProcessBackend
+from sandbox.session import give_control_dir, release_control_dir, seal_control_dir
 from sandbox.session_client import SessionClient, SessionUnreachable
-from sandbox.tests.helpers import TEST_LIMITS, processes_with, token
+from sandbox.tests.helpers import TEST_LIMITS, frozen, processes_with, token
 from sandbox.workspace_disk import WorkspaceDisk
 
 pytestmark = [
@@ -265,6 +268,89 @@ def test_stop_kills_background_processes_and_leaves_nothing(make_session, backen
     sandbox.stop()  # again: nothing to do
 
 
+def test_a_paused_session_is_frozen_until_resumed_and_stops_as_any(make_session, backend, request):
+    sandbox, client, _ = make_session()
+    marker = token()
+    client.proc_start(f"exec {SLEEPER} {marker}", name="sleeper")
+
+    sandbox.pause()
+    sandbox.pause()  # again: nothing to do
+
+    if backend.name == "process":
+        pids = processes_with(marker) + pids_of_uid(sandbox.uid)
+        assert pids and all(frozen(pid) for pid in pids)
+    else:
+        [container] = session_containers(request, sandbox.spec.session_id)
+        assert container.status == "paused"
+    assert sandbox.alive()
+
+    sandbox.resume()
+    assert client.ping() == {}
+    assert [p["status"] for p in client.proc_list()["processes"]] == ["running"]
+    if backend.name == "process":
+        assert not any(frozen(pid) for pid in pids_of_uid(sandbox.uid))
+
+    sandbox.pause()
+    sandbox.stop()  # thawed first: its processes end, nothing is left
+    assert processes_with(marker) == []
+    assert not sandbox.alive()
+    if backend.name == "docker":
+        assert session_containers(request, sandbox.spec.session_id) == []
+    sandbox.resume()  # after a stop: nothing to do
+
+
+HOARD = """
+import errno, os, sys
+fd = os.open(os.path.join(sys.argv[1], "hoard"), os.O_WRONLY | os.O_CREAT, 0o600)
+os.unlink(os.path.join(sys.argv[1], "hoard"))  # gone from the folder, kept open
+written = 0
+try:
+    while written < 8 * 1024 * 1024:
+        written += os.write(fd, b"x" * 65536)
+    print("wrote", written)
+except OSError as exc:
+    print(errno.errorcode[exc.errno], written)
+"""
+
+
+def test_a_daemon_cannot_grow_a_file_on_this_host_through_its_control_directory():
+    """Before the seal the control directory is the sandbox user's: a hostile daemon could
+    make a file there, unlink it and keep writing to it. It is a tmpfs of 64 KiB."""
+    folder = Path(tempfile.mkdtemp(prefix="aimos-control-"))
+    folder.chmod(0o755)  # the user below reaches it, as the sandbox's user does its bind
+    control = folder / "control"
+    control.mkdir()
+    uid = 65534
+    give_control_dir(control, uid)
+    try:
+        assert os.path.ismount(control)
+        hoarded = subprocess.run(
+            ["/usr/bin/python3", "-c", HOARD, str(control)],
+            user=uid,
+            group=uid,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        said, written = hoarded.stdout.split()
+        assert said == "ENOSPC", hoarded
+        assert int(written) <= 64 * 1024
+    finally:
+        seal_control_dir(control)
+        release_control_dir(control)
+    assert not os.path.ismount(control)
+    shutil.rmtree(folder)
+
+
+def test_the_control_directory_is_unmounted_when_the_session_stops(make_session):
+    sandbox, client, _ = make_session()
+    assert os.path.ismount(sandbox.spec.control_dir) and client.ping() == {}
+
+    sandbox.stop()
+
+    assert not os.path.ismount(sandbox.spec.control_dir)
+
+
 TASK = """
 import errno, json, os, socket
 
@@ -430,6 +516,10 @@ def test_a_session_ends_with_its_host_and_the_sweep_removes_what_is_left(
         if host.poll() is None:
             host.kill()
             host.wait()
+        # Like the disk, the control directory's tmpfs is its caller's to release (the
+        # upkeep's, for a session whose host died).
+        assert os.path.ismount(control)
+        release_control_dir(control)
         disk.remove()
 
 
