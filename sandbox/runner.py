@@ -56,10 +56,12 @@ write(path, text_or_bytes) (folders made; written to a temporary file then renam
 target; sends a `file_changed` event {path, change: created | modified}), list(path=".") ->
 [{name, path, type, size, modified}], run(command, timeout=30) -> {exit_code, stdout, stderr,
 timed_out, truncated} (`/bin/sh -c` in the session's own sandbox, through its daemon's socket,
-one JSON line each way). Paths follow the daemon's rules (sandbox/session_agent.py): relative
-to the workspace root ("" or "." is the root), no NUL, no `..`, never absolute; resolved
-component by component from an fd of /workspace with O_NOFOLLOW, so a symbolic link is never
-followed (not even one swapped in meanwhile); only regular files are read or replaced.
+one JSON line each way; what it changed in the workspace is sent as `file_changed` events,
+or one for the root, path "", when the daemon could not say). Paths follow the daemon's
+rules (sandbox/session_agent.py): relative to the workspace root ("" or "." is the root),
+no NUL, no `..`, never absolute; resolved component by component from an fd of /workspace
+with O_NOFOLLOW, so a symbolic link is never followed (not even one swapped in meanwhile);
+only regular files are read or replaced.
 Refusals raise `ctx.workspace.Error` (`WorkspaceError`) with the daemon's `code`
 (invalid_path, symlink, not_found, not_a_file, not_a_directory, too_large, ...).
 
@@ -508,6 +510,13 @@ class Workspace:
         reply = self._ask(
             {"op": "exec", "command": command, "timeout": timeout, "cwd": ""}, timeout
         )
+        changes = reply.get("changes")
+        if not isinstance(changes, list):  # too many to say: anything may have changed
+            changes = [{"path": "", "change": "modified"}]
+        for change in changes:
+            if isinstance(change, dict):
+                told = {key: str(change.get(key, "")) for key in ("path", "change")}
+                self._protocol.send("file_changed", told)
         return {
             "exit_code": reply.get("exit_code"),
             "stdout": reply.get("stdout", ""),

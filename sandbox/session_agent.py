@@ -72,6 +72,10 @@ MAX_DIR_SCAN = 100_000  # entries read from one directory
 MAX_LIST_ENTRIES = 10_000
 MAX_WALK_ENTRIES = 200_000  # entries a glob visits
 MAX_WALK_SECONDS = 10.0
+# What `exec` compares before and after a command to say what it changed: a workspace of
+# more entries, or a command changing more, is said to have changed anywhere (`changes` null).
+MAX_TRACKED_ENTRIES = 5_000
+MAX_CHANGES = 100
 REPLY_BUDGET = 8 * MiB  # JSON bytes of the items of one reply
 MAX_READ_BYTES = 8 * MiB
 MAX_COMMAND_CHARS = 100_000
@@ -401,6 +405,49 @@ def walk(tree: Tree, base: list[str]) -> Iterator[tuple[str, str, str, int]]:
     finally:
         for fd, _, _ in stack:
             os.close(fd)
+
+
+def snapshot(tree: Tree) -> dict[str, tuple[str, int, int]] | None:
+    """`{path: (type, size, mtime_ns)}` of every entry of the workspace (as `walk` finds
+    them), or None when it holds more than MAX_TRACKED_ENTRIES: too many to compare."""
+    entries: dict[str, tuple[str, int, int]] = {}
+    with closing(walk(tree, [])) as found:
+        for rel, name, kind, fd in found:
+            if len(entries) >= MAX_TRACKED_ENTRIES:
+                return None
+            try:
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                continue  # gone meanwhile
+            entries[rel] = (kind, info.st_size, info.st_mtime_ns)
+    return entries
+
+
+def changes_between(before, after) -> list[dict] | None:
+    """`[{path, change: created | modified | deleted}]` from one snapshot to the next, in
+    path order; what is below a folder made or deleted is left out (the folder says it).
+    None when either snapshot is None or more than MAX_CHANGES changed: the caller can only
+    say that the workspace may have changed anywhere."""
+    if before is None or after is None:
+        return None
+    changes: list[dict] = []
+    whole: set[str] = set()  # folders made or deleted
+    for path in sorted(before.keys() | after.keys()):
+        old, new = before.get(path), after.get(path)
+        if old == new or any(path.startswith(f"{folder}/") for folder in whole):
+            continue
+        if old is None or new is None:
+            change = "created" if old is None else "deleted"
+            if (new or old)[0] == "directory":
+                whole.add(path)
+        elif old[0] == new[0] == "directory":
+            continue  # its entries say what changed in it
+        else:
+            change = "modified"
+        if len(changes) == MAX_CHANGES:
+            return None
+        changes.append({"path": path, "change": change})
+    return changes
 
 
 def glob_matcher(pattern: str) -> Callable[[str, str], bool]:
@@ -1151,6 +1198,7 @@ class Daemon:
         max_output = get_number(req, "max_output_bytes", MiB, 0, cap, int)
         command, cwd_fd = self.command_args(req)
         output = Output(max_output, conn.send_chunk if stream else None)
+        before = snapshot(self.tree)
         try:
             proc = self.groups.spawn(
                 ["/bin/sh", "-c", command],
@@ -1181,7 +1229,12 @@ class Daemon:
             proc.stdout.close()
             proc.stderr.close()
             reaper.join()
-        return {"exit_code": proc.returncode, "timed_out": timed_out, **output.finish()}
+        return {
+            "exit_code": proc.returncode,
+            "timed_out": timed_out,
+            **output.finish(),
+            "changes": changes_between(before, snapshot(self.tree)),
+        }
 
     def pump_exec(
         self, proc: subprocess.Popen, conn: Connection, output: Output, deadline: float

@@ -60,12 +60,23 @@ PROCESS = {
     "ended_at": (str, None),
     "exit_code": (int, None),
 }
+
+
+class Nullable:
+    """A shape whose value may also be null."""
+
+    def __init__(self, shape: Any) -> None:
+        self.shape = shape
+
+
 EXEC = {
     "exit_code": (int, None),
     "stdout": str,
     "stderr": str,
     "timed_out": bool,
     "truncated": bool,
+    # What the command changed in the workspace; null: too much to say (anything may have).
+    "changes": Nullable([{"path": str, "change": str}]),
 }
 RESULTS: dict[str, dict] = {
     "ping": {},
@@ -170,6 +181,8 @@ _MISSING = object()
 
 def _shaped(value: Any, shape: Any) -> Any:
     """`value` as `shape` has it (see RESULTS); ValueError when it does not fit."""
+    if isinstance(shape, Nullable):
+        return None if value is None else _shaped(value, shape.shape)
     if isinstance(shape, dict):
         if not isinstance(value, dict):
             raise ValueError
@@ -346,7 +359,9 @@ class SessionClient:
         max_output_bytes: int = 1024 * 1024,
         cwd: str = "",
     ) -> dict:
-        """`{exit_code, stdout, stderr, timed_out, truncated}` (exit_code < 0: a signal)."""
+        """`{exit_code, stdout, stderr, timed_out, truncated, changes}` (exit_code < 0: a
+        signal; `changes`: `[{path, change}]` the command made in the workspace, or None when
+        it made too many, or the workspace is too large, to say)."""
         request = _exec_request(command, timeout, max_output_bytes, cwd, stream=False)
         return self._call(request, extra_seconds=timeout)
 

@@ -57,13 +57,15 @@ UNREACHABLE = (
 
 
 def require_active(session: Session) -> None:
-    if session.status != SessionStatus.ACTIVE:
-        raise Conflict(
-            f"The session is {session.status}, not active; start it first"
-            if session.status in SessionStatus.ended()
-            else f"The session is {session.status}, not active yet",
-            code="session_not_active",
-        )
+    if session.status == SessionStatus.ACTIVE:
+        return
+    if session.status in SessionStatus.ended():
+        detail = f"The session is {session.status}, not active; start it first"
+    elif session.status == SessionStatus.PAUSED:
+        detail = "The session is paused; resume it first"
+    else:
+        detail = f"The session is {session.status}, not active yet"
+    raise Conflict(detail, code="session_not_active")
 
 
 @contextmanager
@@ -224,6 +226,13 @@ def changed(session: Session, path: str, change: str) -> None:
     live.publish(session.pk, "file_changed", {"path": where, "change": change})
 
 
+def changed_by_command(session: Session, changes: list[dict] | None) -> None:
+    """Tell the session's sockets what a command changed; None (too much to say): that the
+    whole workspace may have changed (`path` "")."""
+    for change in changes if changes is not None else [{"path": "", "change": "modified"}]:
+        changed(session, change["path"], change["change"])
+
+
 def _exists(client: SessionClient, path: str) -> bool:
     """Whether `path` is there now (a refusal, as for a path that cannot be written, is
     "no": the write that follows says why)."""
@@ -260,7 +269,9 @@ def shell(session: Session, command: str, *, timeout: float, cwd: str = "") -> d
     """Run `/bin/sh -c command` in the session: `{exit_code, stdout, stderr, timed_out,
     truncated}` once it has ended (killed with its whole process group at `timeout`)."""
     with daemon(session) as client:  # the client adds the command's timeout to its own
-        return client.exec(command, timeout=timeout, cwd=cwd)
+        result = client.exec(command, timeout=timeout, cwd=cwd)
+    changed_by_command(session, result.pop("changes"))
+    return result
 
 
 def shell_stream(session: Session, command: str, *, timeout: float, cwd: str = "") -> Stream:
@@ -270,10 +281,8 @@ def shell_stream(session: Session, command: str, *, timeout: float, cwd: str = "
     def events(client):
         for stream, data in client.exec_stream(command, timeout=timeout, cwd=cwd):
             if stream == "result":
-                yield (
-                    "exit",
-                    {key: data.get(key) for key in ("exit_code", "timed_out", "truncated")},
-                )
+                changed_by_command(session, data["changes"])
+                yield "exit", {key: data.get(key) for key in EXIT_FIELDS}
             else:
                 yield stream, {"data": data}
 

@@ -295,6 +295,16 @@
     }
   }
 
+  /* A command may change many files at once: each folder is read again once for them all. */
+  var refreshing = {};
+  function refreshSoon(folder) {
+    if (refreshing[folder]) return;
+    refreshing[folder] = setTimeout(function () {
+      delete refreshing[folder];
+      refresh(folder);
+    }, 100);
+  }
+
   function select(path) {
     selected = path;
     Array.prototype.forEach.call(tree.querySelectorAll("li[data-type=file] > .tree-item"), function (button) {
@@ -959,7 +969,7 @@
     if (type === "session_status") {
       statusChanged(data.status);
     } else if (type === "file_changed") {
-      if (tree && data.path !== undefined) refresh(parentOf(String(data.path)));
+      if (tree && data.path !== undefined) refreshSoon(parentOf(String(data.path)));
     } else if (type === "process_exited") {
       loadProcesses();
     } else if (type === "process_output") {

@@ -255,6 +255,43 @@ def test_files_written_uploaded_and_deleted_through_the_api_are_told_to_its_sock
     assert operations.list_files(active_session, "")["entries"][0]["name"] == "up.bin"
 
 
+def test_what_a_shell_command_changes_is_told_to_its_sockets(
+    active_session, daemon, key, owner_api
+):
+    url = f"{API}/sessions/{active_session.pk}"
+    for path in ("keep.txt", "gone.txt"):
+        written = owner_api.post(
+            f"{url}/files/content", {"path": path, "content": "x"}, format="json"
+        )
+        assert written.status_code == 200, written.content
+
+    def shell(command: str) -> None:
+        response = owner_api.post(f"{url}/shell", {"command": command}, format="json")
+        assert response.status_code == 200, response.content
+        assert response.json()["exit_code"] == 0, response.json()
+
+    async def scenario():
+        client = await connect(f"/ws/sessions/{active_session.pk}/", key)
+        await next_of(client, "session_status")
+        await sync_to_async(shell)(
+            "mkdir -p out/deep && echo hi > out/deep/a.txt && echo more >> keep.txt && rm gone.txt"
+        )
+        told = [await next_of(client, "file_changed") for _ in range(3)]
+        # Too many changes to name: the whole workspace may have changed.
+        await sync_to_async(shell)("seq 1 150 | sed s/^/f/ | xargs touch")
+        told.append(await next_of(client, "file_changed"))
+        await client.disconnect()
+        return told
+
+    told = async_to_sync(scenario)()
+    assert [m["data"] for m in told] == [
+        {"path": "gone.txt", "change": "deleted"},
+        {"path": "keep.txt", "change": "modified"},
+        {"path": "out", "change": "created"},  # what is in it goes without saying
+        {"path": "", "change": "modified"},
+    ]
+
+
 # --- the session's status ----------------------------------------------------------------------
 
 
