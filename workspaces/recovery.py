@@ -80,7 +80,16 @@ def _delete_workspace(pk, cutoff) -> bool:
     # Under the row's lock: a start asked meanwhile waits, then finds the workspace gone.
     with transaction.atomic():
         session = _locked(pk)
-        if session is None or session.status not in ENDED or session.deleting:
+        # Read again under the lock: started and stopped again since it was listed, it is
+        # not past the retention any more.
+        if (
+            session is None
+            or session.status not in ENDED
+            or session.deleting
+            or session.workspace_deleted
+            or session.stopped_at is None
+            or session.stopped_at >= cutoff
+        ):
             return False
         if not _quietly(disks.remove_workspace, pk, "delete the workspace of session"):
             return False

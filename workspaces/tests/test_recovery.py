@@ -97,3 +97,18 @@ def test_a_deletion_no_host_finished_is_finished(owner):
     assert done["sessions_removed"] == 1
     assert not Session.objects.filter(pk=session.pk).exists()
     assert not session.directory.exists()
+
+
+def test_a_workspace_listed_as_expired_is_kept_when_its_session_stopped_again_since(owner):
+    """The sweep lists expired sessions, then deletes each under its row's lock: one started
+    and stopped again in between (its `stopped_at` now within the retention) is left alone."""
+    session = activate(new_session(owner))
+    listed_at_cutoff = timezone.now()
+    Session.mark_stopped(session.pk, host=TEST_HOST)  # stopped again after the listing's cutoff
+    session.workspace_dir.mkdir(parents=True)
+
+    assert not recovery._delete_workspace(session.pk, listed_at_cutoff)
+
+    assert session.workspace_dir.exists()
+    session.refresh_from_db()
+    assert not session.workspace_deleted
