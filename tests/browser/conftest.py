@@ -52,7 +52,13 @@ def browser():
 @pytest.fixture
 def open_browser(browser, live):
     """`open_browser(user)`: a fresh browser context logged in as `user` through the login
-    page; `open_browser(None)` stays logged out. Every context is closed after the test."""
+    page; `open_browser(None)` stays logged out. Every context is closed after the test, or
+    earlier by `open_browser.close_all()` (before the test's own teardown changes what its
+    pages show: a page that navigates as its context closes can leave the close waiting on
+    Chromium for good).
+
+    Each page is taken to about:blank first (a navigation Playwright bounds): then nothing of
+    it runs, no socket or navigation of it is open, when its context closes."""
     contexts = []
 
     def open_(user=None, *, width: int = 1280, height: int = 900):
@@ -67,9 +73,16 @@ def open_browser(browser, live):
             log_in(page, user.username)
         return page
 
+    def close_all() -> None:
+        while contexts:
+            context = contexts.pop()
+            for page in context.pages:
+                page.goto("about:blank")
+            context.close()
+
+    open_.close_all = close_all
     yield open_
-    for context in contexts:
-        context.close()
+    close_all()
 
 
 def log_in(page, username: str, password: str = PASSWORD) -> None:
