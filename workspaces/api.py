@@ -1,5 +1,5 @@
-"""Sessions API: sessions (create, list, get, start, stop, delete) and what is done inside a
-running one — files, search, shell and processes. Views validate the request, call one
+"""Sessions API: sessions (create, list, get, start, pause, resume, stop, delete) and what is
+done inside a running one — files, search, shell and processes. Views validate the request, call one
 service or operation and render the result; the Crogia reference paths (`/api/sessions…`)
 are these same views (`aimos.compat`)."""
 
@@ -508,6 +508,30 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         """Stop the sandbox (every process in it ends); the workspace is kept for a later
         start. Answers once it has stopped (or after 20 s, still stopping)."""
         session = services.stop_session(self.get_object())
+        return Response(self.get_serializer(session).data)
+
+    @extend_schema(
+        parameters=[SESSION_ID],
+        request=None,
+        responses={200: SessionSerializer, **errors(401, 404, 409, 503)},
+    )
+    @action(detail=True, methods=["post"])
+    def pause(self, request, pk=None):
+        """Freeze every process in the sandbox (its running tasks are paused first); nothing
+        can be done in the session until it is resumed, and it stops after its idle timeout
+        from the pause. Answers once it is paused."""
+        session = services.pause_session(self.get_object())
+        return Response(self.get_serializer(session).data)
+
+    @extend_schema(
+        parameters=[SESSION_ID],
+        request=None,
+        responses={200: SessionSerializer, **errors(401, 404, 409, 503)},
+    )
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        """Thaw a paused session (and resume its paused tasks); answers once it is active."""
+        session = services.resume_session(self.get_object())
         return Response(self.get_serializer(session).data)
 
     @extend_schema(

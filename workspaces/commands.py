@@ -2,13 +2,14 @@
 
 A start goes to the list every session host waits on (`aimos:sessions:commands`): whichever
 takes it claims the session (`Session.claim`), so one host starts it. What concerns a session
-a host already holds (stop, delete) goes to that host's own list
+a host already holds (stop, delete, pause, resume) goes to that host's own list
 (`aimos:sessions:commands:<host>`), which it waits on first; a delete of a session no host
 holds goes to the shared list. Commands are sent once the transaction that recorded the wish
 commits, and a host re-reads the row before acting, so a stale or repeated command does
 nothing. A lost command costs nothing either: a start nobody took ends `failed` by the upkeep
-(`workspaces.recovery`), a lost stop leaves the session running until its idle timeout, and a
-lost delete is finished by the upkeep.
+(`workspaces.recovery`), a lost stop leaves the session running until its idle timeout, a
+lost pause or resume leaves it as it was (the request that asked says so), and a lost delete
+is finished by the upkeep.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ logger = logging.getLogger(__name__)
 
 SHARED = "aimos:sessions:commands"
 OWN = "aimos:sessions:commands:{}"
-START, STOP, DELETE = "start", "stop", "delete"
-OPS = (START, STOP, DELETE)
+START, STOP, DELETE, PAUSE, RESUME = "start", "stop", "delete", "pause", "resume"
+OPS = (START, STOP, DELETE, PAUSE, RESUME)
 # A host's own list outlives it by this long at most (a host that died reads it no more).
 OWN_LIST_TTL_SECONDS = 24 * 3600
 

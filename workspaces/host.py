@@ -13,7 +13,9 @@ every session it holds in one statement, notices a sandbox that died (the sessio
 
 A session's tasks (runs in its workspace, `workspaces.tasks`) count as its use: a session with
 a task pending, running or paused is never idle, and its idle time counts from its last task's
-end as from its last request. Whatever ends a session here — a stop, a failure, a delete, a
+end as from its last request. A pause pauses its running tasks and then freezes every process
+of its sandbox (a paused session is idle from its pause on); a resume thaws them and resumes
+its paused tasks. Whatever ends a session here — a stop, a failure, a delete, a
 lost lease, the host stopping — first cancels its tasks and waits (up to TASKS_END_SECONDS) for
 them to end, then stops its sandbox and unmounts its workspace, and cancels once more those
 that came meanwhile (their worker refuses them: the session is no longer active): no task
@@ -61,7 +63,7 @@ from workspaces import commands
 from workspaces.choices import SessionStatus
 from workspaces.disks import disk_of, remove_workspace
 from workspaces.models import Session
-from workspaces.tasks import cancel_tasks
+from workspaces.tasks import cancel_tasks, pause_tasks, resume_tasks
 from workspaces.waits import announce
 
 logger = logging.getLogger(__name__)
@@ -81,6 +83,8 @@ STOP_SECONDS = 30.0
 TASKS_END_SECONDS = 10.0
 
 SANDBOX_EXITED = "its sandbox exited"
+# The states in which a session's idle time runs.
+IDLING = (SessionStatus.ACTIVE, SessionStatus.PAUSED)
 START_FAILED = "The session's sandbox could not start"
 
 
@@ -156,6 +160,10 @@ class Keeper:
             return self._stop(op.kind)
         if op.kind == commands.DELETE:
             return self._delete()
+        if op.kind == commands.PAUSE:
+            return self._pause()
+        if op.kind == commands.RESUME:
+            return self._resume()
         if op.kind == DIED:
             return self._died()
         if op.kind == LOST:
@@ -239,6 +247,42 @@ class Keeper:
         if isinstance(exc, SandboxError):
             return f"{START_FAILED}: {exc}"
         return START_FAILED
+
+    # --- pause, resume ---------------------------------------------------------------------------
+
+    def _pause(self) -> bool:
+        """Its running tasks are paused (a task in the middle of a call to the daemon would
+        wait for it), then every process of the sandbox is frozen."""
+        if not self.claimed or self.sandbox is None:
+            return not self.claimed
+        if not Session.objects.filter(pk=self.session_id, status=SessionStatus.ACTIVE).exists():
+            return False  # a stale command
+        pause_tasks(self.session_id, wait=TASKS_END_SECONDS)
+        try:
+            self.sandbox.pause()
+        except SandboxError:
+            logger.exception("session %s: could not pause its sandbox", self.session_id)
+            resume_tasks(self.session_id)
+            announce(self.session_id)  # the request that asked stops waiting
+            return False
+        if not Session.mark_paused(self.session_id, host=self.host.name):
+            self.sandbox.resume()  # ended meanwhile: what ends it comes next
+            return False
+        announce(self.session_id)
+        logger.info("session %s paused", self.session_id)
+        return False
+
+    def _resume(self) -> bool:
+        if not self.claimed or self.sandbox is None:
+            return not self.claimed
+        if not Session.objects.filter(pk=self.session_id, status=SessionStatus.PAUSED).exists():
+            return False
+        self.sandbox.resume()
+        if Session.mark_resumed(self.session_id, host=self.host.name):
+            resume_tasks(self.session_id)
+        announce(self.session_id)
+        logger.info("session %s resumed", self.session_id)
+        return False
 
     # --- stop, delete ----------------------------------------------------------------------------
 
@@ -361,11 +405,14 @@ class Keeper:
 
 
 def _idle(session: Session, now) -> bool:
-    """Active, unused for its idle timeout: no request since, and no task running or ended
-    since (a task is use of the session as long as it lasts)."""
+    """Unused for its idle timeout: no request since, and, when active, no task running or
+    ended since (a task is use of the session as long as it lasts). A paused session's idle
+    time counts from its pause (its tasks are paused with it)."""
     timeout = timedelta(seconds=session.idle_timeout_seconds)
-    if session.status != SessionStatus.ACTIVE or now - session.last_active_at < timeout:
+    if session.status not in IDLING or now - session.last_active_at < timeout:
         return False
+    if session.status == SessionStatus.PAUSED:
+        return True
     tasks = Execution.objects.filter(session_id=session.pk)
     return not (tasks.active().exists() or tasks.filter(finished_at__gt=now - timeout).exists())
 
@@ -489,7 +536,7 @@ class SessionHost:
             return
         now = timezone.now()
         by_id = {k.session_id: k for k in held}
-        for session in Session.objects.filter(pk__in=list(by_id), status=SessionStatus.ACTIVE):
+        for session in Session.objects.filter(pk__in=list(by_id), status__in=IDLING):
             if _idle(session, now):
                 self._tell(by_id[str(session.pk)], Op(IDLE))
         if usage:

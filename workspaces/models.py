@@ -172,12 +172,24 @@ class Session(models.Model):
     @classmethod
     def mark_paused(cls, pk, *, host: str) -> bool:
         _named(host)
-        return cls._move(pk, [SessionStatus.ACTIVE], held_by=host, status=SessionStatus.PAUSED)
+        return cls._move(
+            pk,
+            [SessionStatus.ACTIVE],
+            held_by=host,
+            status=SessionStatus.PAUSED,
+            last_active_at=timezone.now(),
+        )
 
     @classmethod
     def mark_resumed(cls, pk, *, host: str) -> bool:
         _named(host)
-        return cls._move(pk, [SessionStatus.PAUSED], held_by=host, status=SessionStatus.ACTIVE)
+        return cls._move(
+            pk,
+            [SessionStatus.PAUSED],
+            held_by=host,
+            status=SessionStatus.ACTIVE,
+            last_active_at=timezone.now(),
+        )
 
     @classmethod
     def mark_stopped(cls, pk, *, host: str, error: str = "") -> bool:

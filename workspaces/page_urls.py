@@ -9,5 +9,7 @@ urlpatterns = [
     path("sessions/<uuid:session_id>/", views.session_detail, name="session-detail"),
     path("sessions/<uuid:session_id>/start/", views.session_start, name="session-start"),
     path("sessions/<uuid:session_id>/stop/", views.session_stop, name="session-stop"),
+    path("sessions/<uuid:session_id>/pause/", views.session_pause, name="session-pause"),
+    path("sessions/<uuid:session_id>/resume/", views.session_resume, name="session-resume"),
     path("sessions/<uuid:session_id>/delete/", views.session_delete, name="session-delete"),
 ]

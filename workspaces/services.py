@@ -1,7 +1,8 @@
-"""Use cases of sessions: access, create (within the caps), start, stop and delete — called by
-the API and the admin alike. A session's sandbox is started and stopped by a session host
-(`workspaces.host`), told through `workspaces.commands`; these functions record the wish,
-tell the host once it is committed and wait (bounded) for the host to have done it.
+"""Use cases of sessions: access, create (within the caps), start, pause, resume, stop and
+delete — called by the API and the admin alike. A session's sandbox is started, paused,
+resumed and stopped by a session host (`workspaces.host`), told through
+`workspaces.commands`; these functions record the wish, tell the host once it is committed
+and wait (bounded) for the host to have done it.
 
 What is done inside a running session (files, search, shell, processes) is in
 `workspaces.operations`.
@@ -119,6 +120,47 @@ def wait_until_started(session: Session, seconds: float = WAIT_SECONDS) -> Sessi
     waited = wait_until(session, lambda s: s.status != SessionStatus.STARTING, _bounded(seconds))
     if waited is None:
         raise NotFound("Session not found")
+    return waited
+
+
+# --- Pause and resume --------------------------------------------------------------------------
+
+
+def pause_session(session: Session, *, wait: float = WAIT_SECONDS) -> Session:
+    """Freeze every process of the session's sandbox, its running tasks paused first (the
+    workspace stays as it is; nothing can be done in it until a resume). Returns once its host
+    has paused it. Conflict unless it is active; SessionNotChanged when its host did not pause
+    it within `wait` seconds."""
+    if session.status != SessionStatus.ACTIVE:
+        raise Conflict(f"The session is {session.status}; only an active one can be paused")
+    return _ask_host(session, commands.PAUSE, wait)
+
+
+def resume_session(session: Session, *, wait: float = WAIT_SECONDS) -> Session:
+    """Thaw the session's sandbox and resume its paused tasks. Conflict unless it is paused;
+    SessionNotChanged when its host did not resume it within `wait` seconds."""
+    if session.status != SessionStatus.PAUSED:
+        raise Conflict(f"The session is {session.status}; only a paused one can be resumed")
+    return _ask_host(session, commands.RESUME, wait)
+
+
+class SessionNotChanged(ServiceError):
+    status_code = 503
+    code = "session_host_unavailable"
+
+
+def _ask_host(session: Session, op: str, wait: float) -> Session:
+    """Tell the host holding the session to `op` it; the session once its status changed."""
+    was = session.status
+    commands.send(op, session.pk, host=session.host)
+    waited = wait_until(session, lambda s: s.status != was, _bounded(wait))
+    if waited is None:
+        raise NotFound("Session not found")
+    if waited.status == was:
+        raise SessionNotChanged(
+            f"The session's host did not {op} it within {wait:g} s; get the session to see "
+            "its status"
+        )
     return waited
 
 

@@ -16,6 +16,7 @@ tasks, newest first, filtered and paged as the executions list is.
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -37,6 +38,7 @@ from executions.api import (
     idempotency,
     replayed,
 )
+from executions.choices import ExecutionStatus
 from executions.models import Execution
 from workspaces import services
 from workspaces.api import SESSION_ID
@@ -93,6 +95,28 @@ def cancel_tasks(session_id) -> int:
         except Conflict:  # it ended meanwhile
             pass
     return asked
+
+
+def pause_tasks(session_id, *, wait: float) -> None:
+    """Pause every running task of the session (for a session being paused); returns once
+    they are paused, or after `wait` seconds."""
+    deadline = time.monotonic() + wait
+    running = Execution.objects.filter(session_id=session_id, status=ExecutionStatus.RUNNING)
+    for execution in running:
+        try:
+            control.pause_execution(execution, wait=max(0.0, deadline - time.monotonic()))
+        except Conflict:  # it ended meanwhile
+            pass
+
+
+def resume_tasks(session_id) -> None:
+    """Resume every paused task of the session (for a session resumed). Returns at once."""
+    paused = Execution.objects.filter(session_id=session_id, status=ExecutionStatus.PAUSED)
+    for execution in paused:
+        try:
+            control.resume_execution(execution, wait=0)
+        except Conflict:  # it ended meanwhile
+            pass
 
 
 # --- API ---------------------------------------------------------------------------------------

@@ -201,6 +201,30 @@ def session_stop(request, session_id):
 
 @require_POST
 @login_required
+def session_pause(request, session_id):
+    """Freeze the session's sandbox (its running tasks paused first)."""
+    return _change(request, session_id, services.pause_session, "Session paused.")
+
+
+@require_POST
+@login_required
+def session_resume(request, session_id):
+    """Thaw a paused session (its paused tasks resumed)."""
+    return _change(request, session_id, services.resume_session, "Session resumed.")
+
+
+def _change(request, session_id, change, ok: str):
+    session = found(services.access_session, request.user, session_id)
+    to = _back(request, session)
+    try:
+        session = change(session)
+    except ServiceError as exc:
+        return outcome(request, to, error=exc, data={"status": session.status})
+    return outcome(request, to, ok=ok, data={"status": session.status})
+
+
+@require_POST
+@login_required
 def session_delete(request, session_id):
     """Delete the session: its processes are killed and its workspace removed."""
     session = found(services.access_session, request.user, session_id)

@@ -1,8 +1,8 @@
 """Sessions in a real browser against the live stack (its session host starts real sandboxes):
 start a session from the list, write a file in the editor and find it in the tree after a
 reload, run a shell command and read its output, follow a background process's log and stop
-it, run an agent's task in the session and watch it stream, and stop, start and delete
-sessions from the list."""
+it, run an agent's task in the session and watch it stream, and stop, start, pause, resume
+and delete sessions."""
 
 import time
 from uuid import UUID
@@ -22,10 +22,11 @@ RUN_TIMEOUT_MS = 90_000
 
 
 @pytest.fixture
-def sessions(live, owner):
+def sessions(live, owner, open_browser):
     """`sessions.api` (the owner's API client of the live server) and `sessions.new(...)`: a
     session made through the API, active. Every session of the test is deleted after it, so
-    no sandbox outlives the test."""
+    no sandbox outlives the test; the test's browsers are closed first (a page whose session
+    is deleted goes to the list meanwhile)."""
 
     class Sessions:
         api = Client(live, owner)
@@ -38,6 +39,7 @@ def sessions(live, owner):
             return session
 
     yield Sessions()
+    open_browser.close_all()
     for pk in Session.objects.filter(owner=owner).values_list("pk", flat=True):
         Sessions.api.delete(f"/sessions/{pk}")
 
@@ -352,6 +354,18 @@ def test_stop_start_and_delete_a_session_from_the_list(open_browser, owner, othe
     expect(page.locator("#session-status")).to_have_text("active", timeout=START_TIMEOUT_MS)
     expect(page.locator('#file-tree li[data-path="kept.txt"]')).to_be_visible()
     shot(page, "session-restarted")
+
+    # A pause freezes it: the page says so until a resume opens the workspace again.
+    page.click("#pause-button")
+    expect(page.locator(".message-success")).to_contain_text("Session paused")
+    expect(page.locator("#session-status")).to_have_text("paused")
+    expect(page.locator("#session-notice")).to_contain_text("Paused")
+    expect(page.locator("#file-tree")).to_have_count(0)
+    assert Session.objects.get(pk=session["id"]).status == "paused"
+    page.click("#resume-button")
+    expect(page.locator(".message-success")).to_contain_text("Session resumed")
+    expect(page.locator("#session-status")).to_have_text("active")
+    expect(page.locator('#file-tree li[data-path="kept.txt"]')).to_be_visible()
 
     # Someone else's session is not found.
     stranger = open_browser(other)

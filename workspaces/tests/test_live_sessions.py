@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from executions.tests.live import Client, sandbox_processes, sse_frames
+from sandbox.tests.helpers import frozen
 from workspaces.choices import SessionStatus
 from workspaces.disks import disk_of
 from workspaces.models import Session
@@ -86,6 +87,42 @@ def test_a_session_keeps_its_files_across_stop_and_start_and_leaves_nothing_when
     assert not session.directory.exists()
     assert running_in(session) == []
     assert not Session.objects.filter(pk=session.pk).exists()
+
+
+def test_a_paused_session_is_frozen_and_refuses_work_until_it_resumes(client):
+    created = create(client)
+    base = f"/sessions/{created['id']}"
+    session = Session.objects.get(pk=created["id"])
+    started = client.post(f"{base}/processes", json={"command": "exec sleep 600"})
+    assert started.status_code == 201, started.text
+    assert client.post(f"{base}/resume").status_code == 409  # not paused
+
+    paused = client.post(f"{base}/pause")
+
+    assert paused.status_code == 200, paused.text
+    assert paused.json()["status"] == "paused"
+    pids = running_in(session)
+    assert pids and all(frozen(pid) for pid in pids)
+    refused = client.post(f"{base}/shell", json={"command": "true"})
+    assert refused.status_code == 409
+    assert (refused.json()["detail"], refused.json()["code"]) == (
+        "The session is paused; resume it first",
+        "session_not_active",
+    )
+    assert client.post(f"{base}/pause").status_code == 409  # paused already
+
+    resumed = client.post(f"{base}/resume")
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["status"] == "active"
+    assert not any(frozen(pid) for pid in running_in(session))
+    listed = client.get(f"{base}/processes").json()
+    assert [p["status"] for p in listed] == ["running"]  # its process lives on
+
+    # A paused session stops as any other: its processes end, its workspace is kept.
+    assert client.post(f"{base}/pause").json()["status"] == "paused"
+    assert client.post(f"{base}/stop").json()["status"] == "stopped"
+    assert running_in(session) == []
+    assert not disk_of(session.pk).mounted()
 
 
 def test_the_workspace_is_the_size_asked_for(client):

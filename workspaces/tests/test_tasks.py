@@ -21,6 +21,7 @@ from executions.tests.live import Client, sse_frames
 from executions.tests.runs import Background, queued_runs, wait_until
 from executions.tests.wsclient import api_key_of, live_socket, read_until, read_until_closed
 from executions.tests.wsclient import ready_agent as ready_agent_of
+from executions.waits import wait_until as wait_for_run
 from workspaces.choices import SessionStatus
 from workspaces.models import Session
 from workspaces.tests.daemons import API, TEST_HOST, activate, new_session
@@ -467,3 +468,26 @@ def test_a_session_that_stops_or_is_deleted_cancels_its_running_task(
     assert task.status == "cancelled", (task.status, task.error_message)
     # The run's record stays; a deleted session's, without its session.
     assert task.session_id == (UUID(session["id"]) if end == "stop" else None)
+
+
+@pytest.mark.slow
+def test_a_paused_session_pauses_its_running_task_and_its_resume_resumes_it(
+    live, owner, live_session
+):
+    client, session = live_session
+    base = f"/sessions/{session['id']}"
+    task_id = start_blocking_task(live, owner, client, session["id"])
+
+    paused = client.post(f"{base}/pause")
+    assert paused.status_code == 200, paused.text
+    assert paused.json()["status"] == "paused"
+    assert Execution.objects.get(pk=task_id).status == "paused"
+    refused = client.post(f"{base}/tasks", json={"input": "block"})
+    assert refused.status_code == 409 and refused.json()["code"] == "session_not_active"
+
+    resumed = client.post(f"{base}/resume")
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["status"] == "active"
+    task = wait_for_run(Execution.objects.get(pk=task_id), lambda t: t.status != "paused", 30)
+    assert task.status == "running"
+    assert client.post(f"/executions/{task_id}/cancel").json()["status"] == "cancelled"
