@@ -14,3 +14,9 @@ class AimosConfig(AppConfig):
         from executions import agent_runs
 
         agent_runs.connect()
+        # Sessions sit above executions (a task is a run): the project tells executions
+        # where a task's workspace is.
+        from executions import task_workspaces
+        from workspaces.services import task_mount
+
+        task_workspaces.connect(task_mount)

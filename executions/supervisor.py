@@ -33,7 +33,6 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from django.conf import settings
-from django.core.exceptions import ObjectDoesNotExist
 from django.db import connections, transaction
 
 from agents.builds import environment_of
@@ -44,6 +43,7 @@ from executions.control import RunControl
 from executions.events import record_events
 from executions.models import Execution
 from executions.outcomes import finish
+from executions.task_workspaces import task_mount
 from executions.waits import announce
 from sandbox import get_backend, limits_for
 from sandbox.session import SessionMount
@@ -72,32 +72,6 @@ def worker_name() -> str:
 
 def _direct(call):
     return call()
-
-
-# The status of a session (`workspaces.Session`) that takes tasks.
-SESSION_ACTIVE = "active"
-
-
-def task_workspace(execution: Execution) -> tuple[SessionMount | None, str]:
-    """For a task of a session: (the session's workspace and control directory on this
-    machine, "") while the session is active and its workspace is mounted here, else (None,
-    why not). A workspace that is not mounted is refused: the run would write to this host's
-    own disk, past the workspace's cap, under a folder the session never sees."""
-    session = execution.session
-    try:
-        if session is None:
-            raise ObjectDoesNotExist
-        session.refresh_from_db(fields=["status"])
-    except ObjectDoesNotExist:
-        return None, "The run's session was deleted"
-    if session.status != SESSION_ACTIVE:
-        return None, (
-            f"The session is {session.status}: a task runs only while its session is active "
-            "(start the session, then run the task again)"
-        )
-    if not os.path.ismount(session.workspace_dir):
-        return None, "The session's workspace is not mounted on this machine"
-    return SessionMount(workspace=session.workspace_dir, control_dir=session.control_dir), ""
 
 
 def reuse_of(execution: Execution) -> dict:
@@ -312,7 +286,9 @@ class Supervisor:
             return None
         mount = None
         if execution.session_id is not None:
-            mount, refusal = self._db(lambda: task_workspace(execution), "reading the session")
+            mount, refusal = self._db(
+                lambda: task_mount(execution.session_id), "reading the session"
+            )
             if mount is None:  # the user's to fix, not a platform failure: said as it is
                 self._db(
                     lambda: finish(

@@ -15,6 +15,8 @@ task is only ever started in an active session).
 
 from __future__ import annotations
 
+import os
+
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
@@ -25,6 +27,7 @@ from core.errors import Conflict, NotFound, ServiceError
 from core.sandbox_settings import sandbox_config
 from executions.services import runnable_version
 from sandbox import limits_for
+from sandbox.base import SessionMount
 from workspaces import commands
 from workspaces.choices import SessionStatus
 from workspaces.models import Session
@@ -201,6 +204,27 @@ def delete_session(session: Session, *, wait: float = WAIT_SECONDS) -> bool:
         commands.send(commands.DELETE, session.pk, host=session.host if session.is_live else "")
         announce(session.pk)
     return wait_until(session, lambda s: False, _bounded(wait)) is None
+
+
+# --- Tasks ------------------------------------------------------------------------------------
+
+
+def task_mount(session_id) -> tuple[SessionMount | None, str]:
+    """For a task of the session: (its workspace and control directory on this machine, "")
+    while the session is active and its workspace is mounted here, else (None, why not). A
+    workspace that is not mounted is refused: the run would write to this host's own disk,
+    past the workspace's cap, under a folder the session never sees."""
+    session = Session.objects.filter(pk=session_id).only("pk", "status").first()
+    if session is None:
+        return None, "The run's session was deleted"
+    if session.status != SessionStatus.ACTIVE:
+        return None, (
+            f"The session is {session.status}: a task runs only while its session is active "
+            "(start the session, then run the task again)"
+        )
+    if not os.path.ismount(session.workspace_dir):
+        return None, "The session's workspace is not mounted on this machine"
+    return SessionMount(workspace=session.workspace_dir, control_dir=session.control_dir), ""
 
 
 # --- Rules -------------------------------------------------------------------------------------

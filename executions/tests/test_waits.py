@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext, override_settings
 
+from core import waits as core_waits
 from executions import control, waits
 from executions.choices import Control, ExecutionStatus
 from executions.control import RunControl
@@ -80,7 +81,7 @@ def ended(execution: Execution) -> bool:
 
 
 def test_a_waiter_is_woken_by_the_end_of_the_run(running, monkeypatch):
-    monkeypatch.setattr(waits, "RECHECK_SECONDS", HOUR)  # only the announcement can wake it
+    monkeypatch.setattr(core_waits, "RECHECK_SECONDS", HOUR)  # only the announcement can wake it
     waiter = Waiter(running, ended, HOUR).waiting()
 
     finish(running, ExecutionStatus.COMPLETED, output={"answer": 42})
