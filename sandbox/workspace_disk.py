@@ -102,10 +102,6 @@ class WorkspaceDisk:
         info = os.statvfs(self.workspace)
         return (info.f_blocks - info.f_bfree) * info.f_frsize
 
-    def size_bytes(self) -> int:
-        """The size of the disk (its image's length)."""
-        return self.image.stat().st_size
-
     # --- changes ------------------------------------------------------------------------
 
     def ensure(self) -> Path:

@@ -40,10 +40,11 @@ from django.db import connections
 from accounts.websocket import CLOSE_NOT_FOUND, AuthenticatedConsumer
 from core.errors import NotFound, ServiceError
 from executions.consumers import CLOSE_NORMAL, GROUP_RENEW_SECONDS
+from executions.events import session_group
 from workspaces import live, operations, services
 from workspaces.models import Session
 from workspaces.streams import relay
-from workspaces.waits import CHANNEL
+from workspaces.waits import SESSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class SessionConsumer(AuthenticatedConsumer):
             return
         self.session_id = session.pk
         self.follows: dict[int, asyncio.Task] = {}
-        self.group = live.group_name(session.pk)
+        self.group = session_group(session.pk)
         # Joined before anything is read, so nothing published in between is missed.
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.admit()
@@ -139,7 +140,7 @@ class SessionConsumer(AuthenticatedConsumer):
             client = aioredis.from_url(settings.RQ_QUEUES["default"]["URL"])
             try:
                 async with client.pubsub() as pubsub:
-                    await pubsub.subscribe(CHANNEL.format(self.session_id))
+                    await pubsub.subscribe(SESSIONS.channel_of(self.session_id))
                     while True:
                         if not await self._send_status_if_changed():
                             return

@@ -1,6 +1,7 @@
-"""Sessions' workspaces on this machine: `<AIMOS_SESSION_ROOT>/<id>/`, a disk image of the
-session's own size mounted at `workspace/` while its sandbox runs
-(`sandbox.workspace_disk.WorkspaceDisk`)."""
+"""Sessions' things on this machine, the one place for where they are:
+`<AIMOS_SESSION_ROOT>/<id>/`, a disk image of the session's own size mounted at `workspace/`
+while its sandbox runs (`sandbox.workspace_disk.WorkspaceDisk`), and `control/`, where the
+daemon in the sandbox makes its socket (a small tmpfs while the sandbox runs)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ def directory_of(session_id) -> Path:
     return Path(settings.AIMOS_SESSION_ROOT) / str(session_id)
 
 
+def control_dir_of(session_id) -> Path:
+    """Where the daemon of the session's sandbox makes its socket (`agent.sock`)."""
+    return directory_of(session_id) / "control"
+
+
 def disk_of(session_id, workspace_mb: int = 0) -> WorkspaceDisk:
     """The session's disk (`workspace_mb`: its size, needed only to make it)."""
     return WorkspaceDisk(directory_of(session_id), workspace_mb)
@@ -24,7 +30,7 @@ def disk_of(session_id, workspace_mb: int = 0) -> WorkspaceDisk:
 
 def unmount(session_id) -> None:
     """The session's workspace (and control directory) unmounted, its files kept."""
-    release_control_dir(directory_of(session_id) / "control")
+    release_control_dir(control_dir_of(session_id))
     disk = disk_of(session_id)
     if disk.mounted():
         disk.unmount()
@@ -33,6 +39,6 @@ def unmount(session_id) -> None:
 def remove_workspace(session_id) -> None:
     """Nothing of the session's workspace is left: unmounted (its control directory too, left
     mounted by a host that died), its image and folder deleted."""
-    release_control_dir(directory_of(session_id) / "control")
+    release_control_dir(control_dir_of(session_id))
     disk_of(session_id).remove()
     shutil.rmtree(directory_of(session_id), ignore_errors=True)

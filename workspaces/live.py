@@ -35,11 +35,6 @@ TERMINAL = {
 }
 
 
-def group_name(session_id) -> str:
-    """The channel-layer group of one session's sockets."""
-    return session_group(session_id)
-
-
 def message(kind: str, data: dict, timestamp: str | None = None) -> dict:
     """A session socket's message."""
     return {"type": kind, "data": data, "timestamp": timestamp or timezone.now().isoformat()}
@@ -50,7 +45,7 @@ def publish(session_id, kind: str, data: dict) -> None:
     transaction commits (at once outside one; never if it rolls back)."""
     sent = message(kind, data)
     transaction.on_commit(
-        lambda: send_soon(group_name(session_id), {"type": "session.message", "message": sent})
+        lambda: send_soon(session_group(session_id), {"type": "session.message", "message": sent})
     )
 
 

@@ -1,10 +1,9 @@
 """Sessions: long-lived sandboxes, each with a workspace (a disk image of its own) that keeps
 its files while the sandbox is stopped.
 
-Where a session's things are on the machine of the session host (`AIMOS_SESSION_ROOT`):
-`<root>/<id>/workspace.img` (the disk), `<root>/<id>/workspace` (where it is mounted, the
-sandbox's `/workspace`) and `<root>/<id>/control/agent.sock` (the socket of the daemon inside
-the sandbox, which the web processes talk to).
+Where a session's things are on the machine of the session host — its disk, where it is
+mounted (the sandbox's `/workspace`) and the socket of the daemon inside the sandbox, which
+the web processes talk to — is said in one place, `workspaces.disks`.
 """
 
 import uuid
@@ -16,6 +15,8 @@ from django.db import models
 from django.utils import timezone
 
 from core.owned import OwnedQuerySet
+from sandbox.base import SessionSandbox
+from workspaces import disks
 from workspaces.choices import SessionStatus
 
 LIVE = list(SessionStatus.live())
@@ -101,19 +102,19 @@ class Session(models.Model):
 
     @property
     def directory(self) -> Path:
-        return Path(settings.AIMOS_SESSION_ROOT) / str(self.pk)
+        return disks.directory_of(self.pk)
 
     @property
     def workspace_dir(self) -> Path:
-        return self.directory / "workspace"
+        return disks.disk_of(self.pk).workspace
 
     @property
     def control_dir(self) -> Path:
-        return self.directory / "control"
+        return disks.control_dir_of(self.pk)
 
     @property
     def socket_path(self) -> Path:
-        return self.control_dir / "agent.sock"
+        return self.control_dir / SessionSandbox.SOCKET_NAME
 
     @property
     def is_live(self) -> bool:

@@ -68,11 +68,17 @@ def require_active(session: Session) -> None:
     raise Conflict(detail, code="session_not_active")
 
 
+def use(session: Session) -> None:
+    """The session is used now: Conflict unless it is active, else its use is recorded (at
+    most once per TOUCH_SECONDS), which keeps it from its idle stop."""
+    require_active(session)
+    Session.touch(session.pk, unless_since=timedelta(seconds=TOUCH_SECONDS))
+
+
 @contextmanager
 def daemon(session: Session, *, timeout: float = OPERATION_SECONDS) -> Iterator[SessionClient]:
     """A client of the session's daemon; its refusals and silence become API errors."""
-    require_active(session)
-    Session.touch(session.pk, unless_since=timedelta(seconds=TOUCH_SECONDS))
+    use(session)
     try:
         yield SessionClient(str(session.socket_path), timeout=timeout)
     except SessionOpError as exc:
@@ -139,8 +145,7 @@ class Stream:
 def streamed(session: Session, open_stream, *, timeout: float) -> Stream:
     """A streaming operation: `open_stream(client)` gives its events from the client's
     generator. Whether the session is active is checked now, before the first event."""
-    require_active(session)
-    Session.touch(session.pk, unless_since=timedelta(seconds=TOUCH_SECONDS))
+    use(session)
     client = AbortableClient(str(session.socket_path), timeout=timeout)
     return Stream(client, open_stream(client))
 
@@ -178,8 +183,7 @@ def read_chunks(session: Session, path: str, start: int, end: int | None) -> Ite
     """The bytes of the file from `start` up to `end` (exclusive; None: its end), read
     CHUNK_BYTES at a time. Whether the session is active is checked now, once: the chunks are
     read on a thread of the response's own, which touches no database."""
-    require_active(session)
-    Session.touch(session.pk, unless_since=timedelta(seconds=TOUCH_SECONDS))
+    use(session)
     client = SessionClient(str(session.socket_path), timeout=OPERATION_SECONDS)
 
     def chunks() -> Iterator[bytes]:

@@ -4,7 +4,7 @@ A task is an ordinary `Execution` with `session` set, started by the same servic
 (`executions.services.start_execution`: the same checks, idempotency, queue, events, streams,
 control and checkpoints). Its worker starts it cold in a sandbox of its own whose /workspace
 is the session's workspace and which reaches the session's daemon
-(`executions.supervisor.task_workspace`); the agent sees it as `ctx.workspace`
+(`workspaces.services.task_mount`); the agent sees it as `ctx.workspace`
 (`sandbox/runner.py`). Its events also reach the session's sockets as the reference's task
 events (`workspaces.live`).
 
@@ -17,7 +17,6 @@ tasks, newest first, filtered and paged as the executions list is.
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from typing import Any
 
 from drf_spectacular.utils import extend_schema, extend_schema_view
@@ -43,7 +42,7 @@ from executions.models import Execution
 from workspaces import services
 from workspaces.api import SESSION_ID
 from workspaces.models import Session
-from workspaces.operations import TOUCH_SECONDS, require_active
+from workspaces.operations import use
 
 # --- Use cases ---------------------------------------------------------------------------------
 
@@ -71,8 +70,7 @@ def start_task(
 ) -> Execution:
     """A pending task of the session (its owner's run of `agent`), queued as any run.
     Conflict when the session is not active, or the agent has no ready version."""
-    require_active(session)
-    Session.touch(session.pk, unless_since=timedelta(seconds=TOUCH_SECONDS))
+    use(session)
     return runs.start_execution(
         session.owner,
         agent,

@@ -57,7 +57,7 @@ def test_a_new_disk_is_mounted_empty_open_to_every_uid_and_of_its_size(disk):
     assert os.listdir(workspace) == []
     assert os.stat(workspace).st_mode & 0o7777 == 0o777
     assert os.getxattr(workspace, "system.posix_acl_default") == DEFAULT_ACL
-    assert disk.size_bytes() == 8 * MiB
+    assert disk.image.stat().st_size == 8 * MiB
     assert 0 < disk.usage_bytes() < 1 * MiB
     assert disk.ensure() == workspace and mounts_of(workspace) == 1
 
