@@ -17,6 +17,6 @@ class AimosConfig(AppConfig):
         # Sessions sit above executions (a task is a run): the project tells executions
         # where a task's workspace is.
         from executions import task_workspaces
-        from workspaces.services import task_mount
+        from workspaces.services import check_task, task_mount
 
-        task_workspaces.connect(task_mount)
+        task_workspaces.connect(task_mount, check_task)

@@ -25,6 +25,7 @@ from agents.choices import AgentStatus, VersionStatus
 from agents.models import Agent, AgentVersion
 from agents.services import access_version
 from core.errors import Conflict, NotFound, ServiceError
+from executions import task_workspaces
 from executions.jobs import enqueue_run
 from executions.models import IDEMPOTENCY_TTL, Batch, Checkpoint, Execution, IdempotencyKey
 from executions.waits import wait_until
@@ -275,6 +276,8 @@ def _run_from(user, checkpoint: Checkpoint, modifications: dict, *, version) -> 
     workspace as it is now: a checkpoint holds the agent's state, not the session's files)."""
     source = checkpoint.execution
     env = {**source.env, **{k: str(v) for k, v in (modifications.get("env") or {}).items()}}
+    if source.session_id is not None:
+        task_workspaces.check_task(source.session_id)  # as any task of the session
     with transaction.atomic():
         return start_execution(
             user,

@@ -28,7 +28,7 @@ from core.sandbox_settings import sandbox_config
 from executions.services import runnable_version
 from sandbox import limits_for
 from sandbox.base import SessionMount
-from workspaces import commands
+from workspaces import commands, operations
 from workspaces.choices import SessionStatus
 from workspaces.models import Session
 from workspaces.waits import announce, wait_until
@@ -207,6 +207,15 @@ def delete_session(session: Session, *, wait: float = WAIT_SECONDS) -> bool:
 
 
 # --- Tasks ------------------------------------------------------------------------------------
+
+
+def check_task(session_id) -> None:
+    """A task may be asked of the session now: it is active (else Conflict, 409
+    `session_not_active`), and its use is recorded."""
+    session = Session.objects.filter(pk=session_id).first()
+    if session is None:
+        raise Conflict("The session was deleted", code="session_not_active")
+    operations.use(session)
 
 
 def task_mount(session_id) -> tuple[SessionMount | None, str]:

@@ -16,7 +16,7 @@ import pytest
 
 from agents.models import AgentVersion
 from agents.tests.packages import pack_files
-from executions.models import Execution
+from executions.models import Checkpoint, Execution
 from executions.tests.live import Client, sse_frames
 from executions.tests.runs import Background, queued_runs, wait_until
 from executions.tests.wsclient import api_key_of, live_socket, read_until, read_until_closed
@@ -213,6 +213,27 @@ def test_a_task_of_a_session_stopped_meanwhile_fails_without_a_sandbox(
     assert ended.error_message.startswith("The session is stopped")
     assert not ended.sandbox_started
     assert [e.type for e in ended.events.order_by("seq")] == ["run_started", "run_failed"]
+
+
+def test_a_task_checkpoint_restores_or_forks_into_a_task_of_its_session_while_it_is_active(
+    owner_api, session
+):
+    task = owner_api.post(tasks_of(session.pk), {"input": "x"}, format="json").json()
+    checkpoint = Checkpoint.objects.create(
+        execution_id=task["id"], seq=1, label="halfway", state={"step": 1}
+    )
+    url = f"{API}/checkpoints/{checkpoint.pk}"
+
+    restored = owner_api.post(f"{url}/restore", {}, format="json")
+    assert restored.status_code == 201, restored.content
+    assert restored.json()["session_id"] == str(session.pk)
+
+    assert Session.mark_stopped(session.pk, host=TEST_HOST)
+    for what in ("restore", "fork"):
+        refused = owner_api.post(f"{url}/{what}", {}, format="json")
+        assert refused.status_code == 409, refused.content
+        assert refused.json()["code"] == "session_not_active"
+    assert Execution.objects.filter(session_id=session.pk).count() == 2  # nothing new
 
 
 # --- on the live stack: a real session, worker and sandbox -------------------------------------
