@@ -5,14 +5,17 @@ import threading
 
 import django_rq
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 
+from core import waits as core_waits
 from workspaces import commands
 from workspaces.models import Session
 from workspaces.tests.daemons import TEST_HOST, activate, new_session
 from workspaces.waits import announce, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+HOUR = 3600.0
 
 
 @pytest.fixture
@@ -74,22 +77,40 @@ def test_nothing_is_sent_when_the_transaction_rolls_back(redis):
     assert redis.llen(commands.SHARED) == 0
 
 
-def test_a_waiter_sees_the_change_its_host_announces(owner):
+def test_a_waiter_is_woken_by_the_change_its_host_announces(owner, monkeypatch):
+    monkeypatch.setattr(core_waits, "RECHECK_SECONDS", HOUR)  # only the announcement can wake it
     session = new_session(owner)
-    changed = threading.Event()
+    first_read = threading.Event()
+
+    def active(current: Session) -> bool:
+        first_read.set()  # subscribed, and read as it was: what follows must be announced
+        return current.status == "active"
 
     def host_side():
-        changed.wait(30)
-        activate(Session.objects.get(pk=session.pk))
-        announce(session.pk)
+        try:
+            assert first_read.wait(30)
+            activate(Session.objects.get(pk=session.pk))
+            announce(session.pk)
+        finally:
+            connection.close()
 
-    thread = threading.Thread(target=host_side)
-    thread.start()
-    changed.set()
-    seen = wait_until(session, lambda s: s.status == "active", 30)
-    thread.join(30)
+    host = threading.Thread(target=host_side)
+    host.start()
+    seen = {}
 
-    assert seen.status == "active"
+    def wait() -> None:
+        try:
+            seen["session"] = wait_until(session, active, HOUR)
+        finally:
+            connection.close()
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    waiter.join(60)  # an hour without the announcement
+    host.join(30)
+
+    assert not waiter.is_alive(), "the announcement did not wake the waiter"
+    assert seen["session"].status == "active"
 
 
 def test_a_waiter_for_a_session_that_is_deleted_gets_none(owner):
