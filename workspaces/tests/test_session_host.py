@@ -1,11 +1,13 @@
 """The session host in this process, on each backend: it starts a session's sandbox on the
-command the services send, the session's workspace is served through it, and stop and delete
-leave nothing behind (no process, container or mount)."""
+command the services send, the session's workspace is served through it, pause and resume
+freeze and thaw it, and stop and delete leave nothing behind (no process, container or
+mount)."""
 
 import threading
 
 import pytest
 
+from core.errors import Conflict
 from sandbox.docker_backend import LABEL_SESSION
 from workspaces import operations, services
 from workspaces.choices import SessionStatus
@@ -54,6 +56,15 @@ def test_a_host_serves_a_session_and_leaves_nothing_of_it(settings, owner, host,
     result = operations.shell(session, "cat hello.txt; id -u", timeout=30)
     assert result["stdout"].splitlines()[0] == "from the host"
     assert result["stdout"].splitlines()[1] != "0"  # never root inside
+
+    paused = services.pause_session(session, wait=WAIT)
+    assert paused.status == SessionStatus.PAUSED
+    with pytest.raises(Conflict):
+        operations.shell(paused, "true", timeout=30)
+    resumed = services.resume_session(paused, wait=WAIT)
+    assert resumed.status == SessionStatus.ACTIVE
+    assert operations.read_file(resumed, "hello.txt")["data"] == b"from the host\n"
+    services.pause_session(resumed, wait=WAIT)  # a paused session stops as any other
 
     stopped = services.stop_session(session, wait=WAIT)
     assert stopped.status == SessionStatus.STOPPED
