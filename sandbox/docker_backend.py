@@ -509,6 +509,29 @@ class DockerBackend(Backend):
         return created["Id"]
 
 
+def pause_container(api: docker.APIClient, container_id: str) -> None:
+    """`docker pause`: every process of the container frozen. SandboxError when the engine
+    refuses while the container still runs (one gone or ended needs nothing)."""
+    try:
+        api.pause(container_id)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        if _running(api, container_id):
+            raise SandboxError(f"could not pause the container: {exc}") from exc
+
+
+def unpause_container(api: docker.APIClient, container_id: str) -> None:
+    """`docker unpause`, as `pause_container`."""
+    try:
+        api.unpause(container_id)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        if _running(api, container_id):
+            raise SandboxError(f"could not resume the container: {exc}") from exc
+
+
 def container_name(run_id: str) -> str:
     """A new name for a container of `run_id`."""
     return f"{RUN_NAME}{run_id}-{uuid.uuid4().hex[:8]}"
@@ -667,22 +690,10 @@ class DockerRun(StreamRun):
     # --- hooks --------------------------------------------------------------------------
 
     def _freeze(self) -> None:
-        try:
-            self.api.pause(self.container_id)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            if _running(self.api, self.container_id):
-                raise SandboxError(f"could not pause the container: {exc}") from exc
+        pause_container(self.api, self.container_id)
 
     def _thaw(self) -> None:
-        try:
-            self.api.unpause(self.container_id)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            if _running(self.api, self.container_id):
-                raise SandboxError(f"could not resume the container: {exc}") from exc
+        unpause_container(self.api, self.container_id)
 
     def _kill_all(self) -> None:
         """Kill and remove the container; returns once the engine no longer knows it."""
@@ -809,26 +820,15 @@ class DockerSession(SessionSandbox):
         with self._stop_lock:
             if self._stopped or self._paused:
                 return
-            try:
-                self.api.pause(self.container_id)
-            except docker.errors.DockerException as exc:
-                raise SandboxError(f"could not pause the container: {exc}") from exc
+            pause_container(self.api, self.container_id)
             self._paused = True
 
     def resume(self) -> None:
         with self._stop_lock:
             if self._stopped or not self._paused:
                 return
-            self._unpause()
-
-    def _unpause(self) -> None:
-        try:
-            self.api.unpause(self.container_id)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.DockerException as exc:
-            raise SandboxError(f"could not resume the container: {exc}") from exc
-        self._paused = False
+            unpause_container(self.api, self.container_id)
+            self._paused = False
 
     def stop(self) -> None:
         """Ends the daemon's stdin (it kills what it started and ends), then removes the
@@ -842,9 +842,10 @@ class DockerSession(SessionSandbox):
             try:
                 if self._paused:
                     try:
-                        self._unpause()
+                        unpause_container(self.api, self.container_id)
                     except SandboxError:
                         pass  # removed regardless below
+                    self._paused = False
                 if self._stdout is not None and self.output is not None:
                     try:
                         self._stdout.sock.shutdown(socket.SHUT_WR)
