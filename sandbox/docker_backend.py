@@ -147,6 +147,8 @@ _MiB = 1024 * 1024
 _TERMINAL_MARKERS = (b'"type": "result"', b'"type": "error"', b'"type": "inspection"')
 
 logger = logging.getLogger("aimos.sandbox")
+# How long a container's removal may take before it is said to be left.
+REMOVE_WITHIN_S = 30.0
 
 
 class DockerBackend(Backend):
@@ -330,10 +332,7 @@ class DockerBackend(Backend):
             if any(name.lstrip("/").startswith(prefix) for name in container.get("Names") or ())
         ]
         for container_id in {container["Id"] for container in labelled + named}:
-            try:
-                api.remove_container(container_id, force=True)
-            except docker.errors.NotFound:
-                pass
+            remove_container(api, container_id, REMOVE_WITHIN_S)
 
     def sweep(self) -> list[str]:
         """Remove the run and session containers whose owner (a worker or session host of this
@@ -347,10 +346,13 @@ class DockerBackend(Backend):
                 labels = container.get("Labels") or {}
                 if owner_alive(labels.get(LABEL_OWNER, "")):
                     continue
+                # Another sweep (another upkeep on this engine) may be removing it too: it is
+                # swept once the engine no longer knows it, whoever removed it.
                 try:
-                    api.remove_container(container["Id"], force=True)
-                except docker.errors.NotFound:
-                    pass
+                    remove_container(api, container["Id"], REMOVE_WITHIN_S)
+                except SandboxError:
+                    logger.warning("sweep: a container of a dead owner is left", exc_info=True)
+                    continue
                 swept.append(labels.get(label, container["Id"][:12]))
         sweep_egress_folders(self.egress_root)
         return swept
@@ -619,7 +621,6 @@ class DockerRun(StreamRun):
     ends (before `wait()` returns)."""
 
     SAMPLE_EVERY_S = 0.1
-    REMOVE_WITHIN_S = 30.0
 
     def __init__(
         self,
@@ -737,7 +738,7 @@ class DockerRun(StreamRun):
     def _remove(self) -> None:
         """Force-remove the container (killing it, paused or not) and wait until it is gone
         (see `remove_container`)."""
-        remove_container(self.api, self.container_id, self.REMOVE_WITHIN_S)
+        remove_container(self.api, self.container_id, REMOVE_WITHIN_S)
         self._gone.set()
 
 
@@ -745,8 +746,6 @@ class DockerSession(SessionSandbox):
     """A session's container (see the module docstring). Its daemon's stdin is the attach
     connection of the process that started it: when that process goes away the engine
     closes it, the daemon ends, and the container is left for `sweep()`."""
-
-    REMOVE_WITHIN_S = 30.0
 
     def __init__(
         self,
@@ -853,7 +852,7 @@ class DockerSession(SessionSandbox):
                         pass
                     self.output.ended.wait(STOP_GRACE_SECONDS)
                 self._sample()
-                remove_container(self.api, self.container_id, self.REMOVE_WITHIN_S)
+                remove_container(self.api, self.container_id, REMOVE_WITHIN_S)
             finally:
                 try:
                     if self._stdout is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import socket
 import textwrap
 import threading
 import time
@@ -22,7 +23,7 @@ import pytest
 from core.sandbox_settings import sandbox_config
 from sandbox.base import BuildError, Environment, ErrorType, Limits, SandboxUnavailable, Status
 from sandbox.base_image import build_base_image
-from sandbox.docker_backend import LABEL_RUN, DockerBackend
+from sandbox.docker_backend import LABEL_OWNER, LABEL_RUN, DockerBackend
 from sandbox.docker_images import LABEL_BUILD, LABEL_ENV
 from sandbox.tests.helpers import OFFLINE, log_messages, wheel
 
@@ -540,3 +541,33 @@ def test_variables_reach_the_agent_but_not_the_containers_config(make_env, docke
     assert json.loads(seen.data["content"]) == ["debug", "tok-s3cret"]
     assert "tok-s3cret" not in repr(config)
     assert not any(line.startswith(("API_TOKEN=", "LOG_LEVEL=")) for line in config["Env"])
+
+
+def test_sweeps_racing_for_a_dead_owners_container_both_end_with_it_gone(docker_backend, engine):
+    """Two upkeeps sweeping one engine at once: the second finds the removal in progress (the
+    engine's 409); each waits until the container is gone, neither fails."""
+    run_id = f"{SESSION}{uuid.uuid4().hex[:8]}"
+    dead_owner = f"{socket.gethostname()}:999999999:0"  # no such pid
+    container = engine.containers.run(
+        docker_backend.base_image,
+        ["sleep", "600"],
+        detach=True,
+        labels={LABEL_RUN: run_id, LABEL_OWNER: dead_owner},
+        network_mode="none",
+    )
+    outcomes: list = []
+
+    def sweep():
+        try:
+            outcomes.append(run_id in docker_backend.sweep())
+        except Exception as exc:  # noqa: BLE001 — what the test reports
+            outcomes.append(exc)
+
+    sweeps = [threading.Thread(target=sweep) for _ in range(2)]
+    for thread in sweeps:
+        thread.start()
+    for thread in sweeps:
+        thread.join(120)
+
+    assert outcomes == [True, True]
+    assert engine.containers.list(all=True, filters={"id": container.id}) == []
