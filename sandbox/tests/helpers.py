@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pwd
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -124,6 +126,19 @@ def processes_with(token: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def unused_uid() -> int:
+    """A uid of the caller's own: no account names it, no process runs as it, and it is far
+    from the sandboxes' range, so another test run on this machine does not share it (as it
+    would `nobody`)."""
+    while True:
+        uid = 1_500_000_000 + secrets.randbelow(500_000_000)
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            if not pids_of_uid(uid):
+                return uid
 
 
 def frozen(pid: int) -> bool:

@@ -28,6 +28,7 @@ import pytest
 
 from sandbox import session_agent
 from sandbox.session_client import SessionClient, SessionOpError, SessionUnreachable
+from sandbox.tests.helpers import unused_uid
 
 AGENT = Path(__file__).resolve().parents[1] / "session_agent.py"
 WAIT = 30.0
@@ -822,7 +823,6 @@ def test_a_daemon_out_of_file_descriptors_serves_again_once_it_has_some(agent):
 
 
 SYSTEM_PYTHON = "/usr/bin/python3"
-NOBODY = 65534
 
 
 @pytest.mark.skipif(
@@ -834,15 +834,16 @@ def test_a_daemon_that_cannot_start_threads_answers_busy_then_recovers():
     a connection is refused (busy) and the daemon serves again once there is room."""
     base = Path(tempfile.mkdtemp(prefix="session-agent-", dir="/tmp"))
     base.chmod(0o777)
-    limit = tasks_of_uid(NOBODY) + 3  # the daemon's main and accept threads, and one more
+    uid = unused_uid()  # of this test's own: no other process counts against its limit
+    limit = tasks_of_uid(uid) + 3  # the daemon's main and accept threads, and one more
     agent = Agent(
         base,
         python=SYSTEM_PYTHON,
         prefix=("prlimit", f"--nproc={limit}:{limit}", "--"),
-        user=NOBODY,
-        group=NOBODY,
+        user=uid,
+        group=uid,
     )
-    filler = subprocess.Popen(["sleep", "1000"], user=NOBODY, group=NOBODY)
+    filler = subprocess.Popen(["sleep", "1000"], user=uid, group=uid)
     try:
         assert "too many processes" in refused("busy", agent.client.ping)
 

@@ -41,7 +41,7 @@ from sandbox.egress import host_addresses
 from sandbox.process_backend import ProcessBackend
 from sandbox.session import give_control_dir, release_control_dir, seal_control_dir
 from sandbox.session_client import SessionClient, SessionUnreachable
-from sandbox.tests.helpers import TEST_LIMITS, frozen, processes_with, token
+from sandbox.tests.helpers import TEST_LIMITS, frozen, processes_with, token, unused_uid
 from sandbox.workspace_disk import WorkspaceDisk
 
 pytestmark = [
@@ -320,7 +320,7 @@ def test_a_daemon_cannot_grow_a_file_on_this_host_through_its_control_directory(
     folder.chmod(0o755)  # the user below reaches it, as the sandbox's user does its bind
     control = folder / "control"
     control.mkdir()
-    uid = 65534
+    uid = unused_uid()
     give_control_dir(control, uid)
     try:
         assert os.path.ismount(control)
