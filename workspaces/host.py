@@ -63,7 +63,7 @@ from workspaces import commands
 from workspaces.choices import SessionStatus
 from workspaces.disks import disk_of, remove_workspace
 from workspaces.models import Session
-from workspaces.tasks import cancel_tasks, pause_tasks, resume_tasks
+from workspaces.services import cancel_tasks, pause_tasks, resume_tasks
 from workspaces.waits import announce
 
 logger = logging.getLogger(__name__)

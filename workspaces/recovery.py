@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from workspaces import disks
 from workspaces.models import ENDED, Session
-from workspaces.tasks import cancel_tasks
+from workspaces.services import cancel_tasks
 from workspaces.waits import announce
 
 logger = logging.getLogger(__name__)

@@ -1,8 +1,8 @@
 """Use cases of sessions: access, create (within the caps), start, pause, resume, stop and
-delete — called by the API and the admin alike. A session's sandbox is started, paused,
-resumed and stopped by a session host (`workspaces.host`), told through
-`workspaces.commands`; these functions record the wish, tell the host once it is committed
-and wait (bounded) for the host to have done it.
+delete, and their tasks — called by the API, the admin and the session host alike. A
+session's sandbox is started, paused, resumed and stopped by a session host
+(`workspaces.host`), told through `workspaces.commands`; these functions record the wish,
+tell the host once it is committed and wait (bounded) for the host to have done it.
 
 What is done inside a running session (files, search, shell, processes) is in
 `workspaces.operations`.
@@ -16,21 +16,29 @@ task is only ever started in an active session).
 from __future__ import annotations
 
 import os
+import time
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from agents import services as agents
 from agents.models import Agent
 from core.errors import Conflict, NotFound, ServiceError
 from core.sandbox_settings import sandbox_config
+from executions import control
+from executions import services as runs
+from executions.choices import ExecutionStatus
+from executions.models import Execution
 from executions.services import runnable_version
 from sandbox import limits_for
 from sandbox.base import SessionMount
 from workspaces import commands, operations
 from workspaces.choices import SessionStatus
 from workspaces.models import Session
+from workspaces.operations import use
 from workspaces.waits import announce, wait_until
 
 # The smallest workspace (an ext4 filesystem needs a few megabytes for itself).
@@ -207,6 +215,76 @@ def delete_session(session: Session, *, wait: float = WAIT_SECONDS) -> bool:
 
 
 # --- Tasks ------------------------------------------------------------------------------------
+
+
+def task_agent(session: Session, ref: str | None) -> Agent:
+    """The agent a task runs: `ref` (an id, or the name of one of the session owner's agents),
+    else the session's own. A 400 when neither names one."""
+    if ref:
+        # The session owner's agents only: a task runs in their workspace.
+        return agents.find_agent(session.owner, ref)
+    if session.agent is None:
+        raise ServiceError.invalid(
+            "agent", "The session has no agent of its own: name the agent to run."
+        )
+    return session.agent
+
+
+def start_task(
+    session: Session,
+    *,
+    agent: Agent,
+    input: Any = None,
+    timeout_seconds: int | None = None,
+    version: int | str | None = None,
+) -> Execution:
+    """A pending task of the session (its owner's run of `agent`), queued as any run.
+    Conflict when the session is not active, or the agent has no ready version."""
+    use(session)
+    return runs.start_execution(
+        session.owner,
+        agent,
+        input=input,
+        timeout_seconds=timeout_seconds,
+        version=version,
+        session_id=session.pk,
+    )
+
+
+def cancel_tasks(session_id) -> int:
+    """Cancel every task of the session still pending, running or paused (for a session that
+    stops or is deleted: its tasks lose their workspace). Returns at once; a running task ends
+    when its worker has killed it. How many were asked to end."""
+    asked = 0
+    for execution in Execution.objects.filter(session_id=session_id).active():
+        try:
+            control.cancel_execution(execution, wait=0)
+            asked += 1
+        except Conflict:  # it ended meanwhile
+            pass
+    return asked
+
+
+def pause_tasks(session_id, *, wait: float) -> None:
+    """Pause every running task of the session (for a session being paused); returns once
+    they are paused, or after `wait` seconds."""
+    deadline = time.monotonic() + wait
+    running = Execution.objects.filter(session_id=session_id, status=ExecutionStatus.RUNNING)
+    for execution in running:
+        try:
+            control.pause_execution(execution, wait=max(0.0, deadline - time.monotonic()))
+        except Conflict:  # it ended meanwhile
+            pass
+
+
+def resume_tasks(session_id) -> None:
+    """Resume every paused task of the session (for a session resumed). Returns at once."""
+    paused = Execution.objects.filter(session_id=session_id, status=ExecutionStatus.PAUSED)
+    for execution in paused:
+        try:
+            control.resume_execution(execution, wait=0)
+        except Conflict:  # it ended meanwhile
+            pass
 
 
 def check_task(session_id) -> None:

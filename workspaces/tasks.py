@@ -1,4 +1,5 @@
-"""Tasks: runs of an agent inside a session's workspace (DESIGN §9).
+"""The API of tasks: runs of an agent inside a session's workspace (DESIGN §9). Their use
+cases (ask, pause, resume, cancel) are in `workspaces.services`.
 
 A task is an ordinary `Execution` with `session` set, started by the same service as every run
 (`executions.services.start_execution`: the same checks, idempotency, queue, events, streams,
@@ -16,18 +17,11 @@ tasks, newest first, filtered and paged as the executions list is.
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.response import Response
 
-from agents import services as agents
-from agents.models import Agent
-from core.errors import Conflict, ServiceError
 from core.errors import error_responses as errors
-from executions import control
 from executions import services as runs
 from executions.api import (
     IDEMPOTENCY_KEY,
@@ -37,87 +31,10 @@ from executions.api import (
     idempotency,
     replayed,
 )
-from executions.choices import ExecutionStatus
 from executions.models import Execution
 from workspaces import services
 from workspaces.api import SESSION_ID
 from workspaces.models import Session
-from workspaces.operations import use
-
-# --- Use cases ---------------------------------------------------------------------------------
-
-
-def task_agent(session: Session, ref: str | None) -> Agent:
-    """The agent a task runs: `ref` (an id, or the name of one of the session owner's agents),
-    else the session's own. A 400 when neither names one."""
-    if ref:
-        # The session owner's agents only: a task runs in their workspace.
-        return agents.find_agent(session.owner, ref)
-    if session.agent is None:
-        raise ServiceError.invalid(
-            "agent", "The session has no agent of its own: name the agent to run."
-        )
-    return session.agent
-
-
-def start_task(
-    session: Session,
-    *,
-    agent: Agent,
-    input: Any = None,
-    timeout_seconds: int | None = None,
-    version: int | str | None = None,
-) -> Execution:
-    """A pending task of the session (its owner's run of `agent`), queued as any run.
-    Conflict when the session is not active, or the agent has no ready version."""
-    use(session)
-    return runs.start_execution(
-        session.owner,
-        agent,
-        input=input,
-        timeout_seconds=timeout_seconds,
-        version=version,
-        session_id=session.pk,
-    )
-
-
-def cancel_tasks(session_id) -> int:
-    """Cancel every task of the session still pending, running or paused (for a session that
-    stops or is deleted: its tasks lose their workspace). Returns at once; a running task ends
-    when its worker has killed it. How many were asked to end."""
-    asked = 0
-    for execution in Execution.objects.filter(session_id=session_id).active():
-        try:
-            control.cancel_execution(execution, wait=0)
-            asked += 1
-        except Conflict:  # it ended meanwhile
-            pass
-    return asked
-
-
-def pause_tasks(session_id, *, wait: float) -> None:
-    """Pause every running task of the session (for a session being paused); returns once
-    they are paused, or after `wait` seconds."""
-    deadline = time.monotonic() + wait
-    running = Execution.objects.filter(session_id=session_id, status=ExecutionStatus.RUNNING)
-    for execution in running:
-        try:
-            control.pause_execution(execution, wait=max(0.0, deadline - time.monotonic()))
-        except Conflict:  # it ended meanwhile
-            pass
-
-
-def resume_tasks(session_id) -> None:
-    """Resume every paused task of the session (for a session resumed). Returns at once."""
-    paused = Execution.objects.filter(session_id=session_id, status=ExecutionStatus.PAUSED)
-    for execution in paused:
-        try:
-            control.resume_execution(execution, wait=0)
-        except Conflict:  # it ended meanwhile
-            pass
-
-
-# --- API ---------------------------------------------------------------------------------------
 
 
 class TaskRequestSerializer(RunRequestSerializer):
@@ -185,11 +102,11 @@ class SessionTaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         body = TaskRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        agent = task_agent(session, data.get("agent"))
+        agent = services.task_agent(session, data.get("agent"))
         execution, again = runs.start_once(
             request.user,
             idempotency(self, request, data),
-            lambda: start_task(
+            lambda: services.start_task(
                 session,
                 agent=agent,
                 input=data.get("input"),
