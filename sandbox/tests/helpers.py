@@ -128,6 +128,17 @@ def processes_with(token: str) -> list[int]:
     return found
 
 
+def started_with(token: str, timeout: float = 30.0) -> list[int]:
+    """The processes whose command line contains `token`, once one does: a process started
+    just now may be in the middle of its `exec` (its command line reads empty for that
+    moment). AssertionError when none does within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not (found := processes_with(token)):
+        assert time.monotonic() < deadline, f"no process with {token} in {timeout:g} s"
+        time.sleep(0.01)
+    return found
+
+
 def unused_uid() -> int:
     """A uid of the caller's own: no account names it, no process runs as it, and it is far
     from the sandboxes' range, so another test run on this machine does not share it (as it

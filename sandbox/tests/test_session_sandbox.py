@@ -41,7 +41,14 @@ from sandbox.egress import host_addresses
 from sandbox.process_backend import ProcessBackend
 from sandbox.session import give_control_dir, release_control_dir, seal_control_dir
 from sandbox.session_client import SessionClient, SessionUnreachable
-from sandbox.tests.helpers import TEST_LIMITS, frozen, processes_with, token, unused_uid
+from sandbox.tests.helpers import (
+    TEST_LIMITS,
+    frozen,
+    processes_with,
+    started_with,
+    token,
+    unused_uid,
+)
 from sandbox.workspace_disk import WorkspaceDisk
 
 pytestmark = [
@@ -245,7 +252,7 @@ def test_stop_kills_background_processes_and_leaves_nothing(make_session, backen
     marker = token()
     started = client.proc_start(f"exec {SLEEPER} {marker}", name="sleeper")
     assert client.proc_list()["processes"][0]["pid"] == started["pid"]
-    assert processes_with(marker) != []
+    assert started_with(marker)
 
     sandbox.stop()
 
@@ -272,6 +279,7 @@ def test_a_paused_session_is_frozen_until_resumed_and_stops_as_any(make_session,
     sandbox, client, _ = make_session()
     marker = token()
     client.proc_start(f"exec {SLEEPER} {marker}", name="sleeper")
+    started_with(marker)
 
     sandbox.pause()
     sandbox.pause()  # again: nothing to do
@@ -496,7 +504,7 @@ def test_a_session_ends_with_its_host_and_the_sweep_removes_what_is_left(
         client = SessionClient(str(control / "agent.sock"))
         marker = token()
         client.proc_start(f"exec {SLEEPER} {marker}")
-        assert processes_with(marker) != []
+        assert started_with(marker)
 
         host.send_signal(signal.SIGKILL)
         host.wait(WAIT)
